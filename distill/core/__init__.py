@@ -1,0 +1,1 @@
+"""Shared core: configs, errors, atomic I/O, stage records, prompts, answers, progress."""

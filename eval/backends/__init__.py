@@ -1,0 +1,86 @@
+"""Inference backends shared by `generate` (teachers) and `eval` (students and artifacts).
+
+Every backend is a loader function in `BACKENDS` (no class hierarchy, no plugins) that returns an
+object with:
+
+    backend.kind                       # "hf" | "gguf" | "onnx" | "openai"
+    backend.render(user_text) -> str  # the full prompt text: the model's own chat template,
+                                       # assistant turn opened with "<think>\\n" (local backends)
+    backend.generate(prompts, sampling, on_done=None) -> list[list[Completion]]
+        # prompts: rendered prompt strings (local) or user texts (openai: the server renders);
+        # one list of `sampling.n` Completions per prompt, in order; `on_done(i, completions)` is
+        # called as soon as prompt i is finished so callers can write results as they arrive.
+    backend.close()
+
+Loaders take the spec's path/URL and keyword options; unknown kinds are user errors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from distill.core.errors import UserError
+
+
+@dataclass
+class Sampling:
+    n: int = 1
+    max_new_tokens: int = 512
+    temperature: float = 0.0          # 0 means greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    text: str                          # generated text after the prompt (after the "<think>\n" prefill)
+    finish_reason: str                 # "stop" (end-of-turn or stop string) or "length"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning: str | None = None       # a separate reasoning channel (DeepSeek API `reasoning_content`)
+    ttft_s: float | None = None        # time to first token
+    decode_s: float | None = None      # time from the first token to the last
+    error: str | None = None           # set when the request failed for good (openai)
+
+
+# name -> "module:function"; modules are imported on first use so that optional runtimes
+# (llama.cpp, onnxruntime-genai) are only loaded when asked for.
+BACKENDS: dict[str, str] = {
+    "hf": "eval.backends.hf:load",
+    "gguf": "eval.backends.gguf:load",
+    "onnx": "eval.backends.onnx:load",
+    "openai": "eval.backends.openai_api:load",
+}
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """`kind:target` -> (kind, target). A bare path is detected by its contents."""
+    from pathlib import Path
+    kind, sep, target = spec.partition(":")
+    if sep and kind in BACKENDS:
+        return kind, target
+    if sep and kind not in BACKENDS and not Path(spec).exists() and "://" not in spec:
+        raise UserError(f"{spec}: unknown model kind '{kind}' (use one of: "
+                        + ", ".join(f"{k}:" for k in BACKENDS) + ")")
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf", spec
+    if path.is_dir() and (path / "genai_config.json").is_file():
+        return "onnx", spec
+    if path.is_dir() and (path / "config.json").is_file():
+        return "hf", spec
+    if spec.startswith(("http://", "https://")):
+        return "openai", spec
+    if not path.exists():
+        raise UserError(f"{spec}: no such file or folder (prefix hub ids with hf:)")
+    raise UserError(f"{spec}: cannot tell the model format (expected a .gguf file, an ONNX folder "
+                    "with genai_config.json, or a Hugging Face folder with config.json)")
+
+
+def load_backend(spec: str, **options: Any):
+    kind, target = parse_spec(spec)
+    module, _, func = BACKENDS[kind].partition(":")
+    return getattr(importlib.import_module(module), func)(target, **options)
