@@ -28,8 +28,9 @@ app = typer.Typer(
 EXAMPLES = {
     "generate": "distill generate --teacher openai:https://api.deepseek.com --model deepseek-reasoner "
                 "--api-key-env DEEPSEEK_API_KEY --prompts openai/gsm8k:main@train --n 4 --out traces",
-    "train": "accelerate launch -m cli train --student Qwen/Qwen2.5-1.5B-Instruct --traces traces "
-             "--out student --lora --epochs 3",
+    "train": "distill train --student Qwen/Qwen2.5-1.5B-Instruct --traces traces --out student "
+             "--lora --lr 2e-4 --epochs 3\n\n    (multi-GPU: accelerate launch --config_file "
+             "data/accelerate/ddp.yaml -m cli train ...)",
     "export": "distill export --model student --out export --target rpi5-8gb",
     "eval": "distill eval --model hf:student --model gguf:export/model-q4_k_m.gguf "
             "--label student --label q4 --benchmark gsm8k --limit 200 --out eval",
