@@ -30,11 +30,12 @@ class GenerateConfig:
     prompt_template: str = option("r1", "User-turn template: a bundled name (r1, plain), a file, or text with {problem}")
     shard: Optional[str] = option(None, "Process only shard I/N of the prompts (e.g. 0/4)")
     merge: bool = option(False, "Merge the shard folders out/shard-*-of-N into out")
-    batch_size: int = option(8, "Prompts per batch (hf)")
+    batch_size: int = option(16, "Sequences generated together, samples of one prompt included (hf)")
     concurrency: int = option(8, "Requests in flight (openai)")
     max_retries: int = option(6, "Retries per request on 429, 5xx and timeouts (openai)")
     request_timeout: float = option(600.0, "Seconds before a request times out (openai)")
-    min_trace_tokens: int = option(0, "Drop traces with fewer reasoning tokens (too_short)")
+    retry_wait: float = option(1.0, "Seconds before the first retry; doubles with each retry, at most 60 (openai)")
+    min_trace_tokens: int = option(0, "Drop traces with fewer completion tokens (too_short)")
     max_trace_tokens: Optional[int] = option(None, "Drop traces with more completion tokens (too_long)")
     near_duplicate: float = option(0.9, "Jaccard similarity of word 5-grams above which a trace duplicates a kept one")
     decontaminate: list[str] = option([], "Benchmark files whose problems must not appear in the traces", input=True)
@@ -56,10 +57,14 @@ class GenerateConfig:
             m = re.fullmatch(r"(\d+)/(\d+)", self.shard)
             if not m or not int(m.group(1)) < int(m.group(2)):
                 raise UserError(f"shard: expected I/N with 0 <= I < N, got '{self.shard}'")
-        for name in ("n", "max_new_tokens", "batch_size", "concurrency"):
+        for name in ("n", "max_new_tokens", "batch_size", "concurrency", "decontaminate_ngram"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: must be at least 1")
         if not 0 <= self.temperature <= 5 or not 0 < self.top_p <= 1:
             raise UserError("temperature/top_p: temperature must be in [0, 5] and top_p in (0, 1]")
+        if self.max_retries < 0 or self.request_timeout <= 0 or self.retry_wait < 0:
+            raise UserError("max_retries/request_timeout/retry_wait: must not be negative")
+        if not 0 <= self.near_duplicate <= 1:
+            raise UserError("near_duplicate: must be in [0, 1]")
         if not 0 <= self.min_pass_rate <= self.max_pass_rate <= 1:
             raise UserError("min_pass_rate/max_pass_rate: need 0 <= min <= max <= 1")

@@ -1,0 +1,112 @@
+"""Asking the teacher: which prompts still need samples, loading the backend the `--teacher` spec
+names, and appending each prompt's samples to samples.jsonl the moment they are complete."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.core.chat import prefill_of, user_message
+from distill.core.errors import UserError
+from distill.core.io import JsonlAppender
+from distill.core.progress import progress_bar
+from eval.backends import Sampling, load_backend
+
+from .filters import Deduplicator, FilterSettings, decide_prompt
+from .samples import build_row, sample_id
+
+
+@dataclass
+class Job:
+    """One prompt of this run and the ids its samples will have."""
+    problem: dict
+    user_text: str
+    ids: list[str]
+
+
+def teacher_name(cfg) -> str:
+    """How the teacher is named in ids and rows: the spec, plus the served model for openai."""
+    return f"{cfg.teacher}#{cfg.model}" if cfg.teacher.startswith("openai:") else cfg.teacher
+
+
+def plan(problems: list[dict], cfg, template: str, sampling: dict) -> list[Job]:
+    teacher = teacher_name(cfg)
+    jobs = []
+    for problem in problems:
+        text = user_message(problem["question"], template)
+        jobs.append(Job(problem, text, [sample_id(teacher, problem["id"], text, sampling, i) for i in range(cfg.n)]))
+    return jobs
+
+
+def select_shard(problems: list[dict], shard: str | None) -> list[dict]:
+    if shard is None:
+        return problems
+    index, count = (int(x) for x in shard.split("/"))
+    return problems[index::count]
+
+
+def shard_dir(out: str, shard: str | None) -> Path:
+    if shard is None:
+        return Path(out)
+    index, count = shard.split("/")
+    return Path(out) / f"shard-{index}-of-{count}"
+
+
+def load_teacher(cfg):
+    kind = cfg.teacher.split(":", 1)[0]
+    if kind == "hf":
+        options = dict(dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                       batch_size=cfg.batch_size, threads=cfg.threads)
+    elif kind == "gguf":
+        options = dict(n_ctx=cfg.n_ctx, threads=cfg.threads)
+    else:
+        options = dict(model=cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                       max_retries=cfg.max_retries, request_timeout=cfg.request_timeout,
+                       retry_wait=cfg.retry_wait)
+    target = cfg.teacher.split(":", 1)[1]
+    if not target:
+        raise UserError(f"teacher: '{cfg.teacher}' names no model")
+    return load_backend(cfg.teacher, **options)
+
+
+def sample_teacher(cfg, jobs: list[Job], existing: dict[str, dict], sampling: Sampling,
+                   settings: FilterSettings, samples_path: Path) -> list[str]:
+    """Generate the missing samples of `jobs`, appending them to `samples_path` prompt by prompt.
+    Returns the failures (requests that failed for good); their samples are simply absent, so
+    the next run asks for them again."""
+    teacher = teacher_name(cfg)
+    record = {k: v for k, v in vars(sampling).items() if k != "n"}
+    dedup = Deduplicator(settings.near_duplicate)
+    for row in existing.values():
+        if row.get("kept"):
+            dedup.add(row)
+    failures: list[str] = []
+    backend = load_teacher(cfg)
+    try:
+        prompts = [backend.render(job.user_text) for job in jobs]
+        clock = {"last": time.perf_counter()}
+        with JsonlAppender(samples_path) as out, progress_bar("generate", len(jobs)) as advance:
+
+            def on_done(i: int, completions: list) -> None:
+                job, prefill = jobs[i], prefill_of(prompts[i])
+                now = time.perf_counter()
+                wall, clock["last"] = now - clock["last"], now
+                fresh = [(j, c) for j, c in enumerate(completions)
+                         if c.error is None and job.ids[j] not in existing]
+                failures.extend(f"{job.problem['id']} sample {j}: {c.error}"
+                                for j, c in enumerate(completions) if c.error is not None)
+                rows = [build_row(sid=job.ids[j], problem=job.problem, user_text=job.user_text,
+                                  index=j, completion=c, prefill=prefill, teacher=teacher,
+                                  sampling=record, wall_s=wall / max(len(fresh), 1))
+                        for j, c in fresh]
+                have = [existing[sid] for sid in job.ids if sid in existing]
+                decide_prompt(have + rows, settings, dedup)
+                out.write_many(rows)
+                existing.update((r["id"], r) for r in rows)
+                advance()
+
+            backend.generate(prompts, sampling, on_done=on_done)
+    finally:
+        backend.close()
+    return failures

@@ -1,0 +1,257 @@
+"""`openai:BASE_URL`: any OpenAI-compatible chat-completions server (vLLM, SGLang, llama.cpp's
+server, llama-cpp-python's server, the DeepSeek API). BASE_URL is what the `openai` client takes,
+usually ending in `/v1` (`https://api.deepseek.com` works as it is).
+
+The server renders the chat template, so `render(user_text)` returns the user text unchanged and
+`generate` sends it as the only user message (no system prompt, no prefill). A reasoning model's
+thinking comes back either inside the content (`<think>...</think>`) or on a separate channel,
+`reasoning_content` (DeepSeek API, llama.cpp server, vLLM's reasoning parser) or `reasoning`
+(newer vLLM); the latter is returned in `Completion.reasoning`.
+
+`asyncio` with `concurrency` requests in flight; each sample is its own request, seeded with
+`seed + j` (dropped for good if the server rejects the `seed` field). Greedy decoding
+(temperature 0) sends one request per prompt and copies it. Responses are streamed so that
+`ttft_s` and `decode_s` are measured; token counts come from the server's usage (the number of
+streamed chunks when a server reports none).
+
+Faults: 408, 409, 429, 5xx, timeouts (`request_timeout` seconds for the whole request), dropped
+connections and streams cut short are retried up to `max_retries` times, waiting
+`retry_wait * 2**attempt` seconds (half to full of it, at random; at most 60 s, or the server's
+Retry-After when it gives one). A request that still fails, or that the server refuses (other
+4xx), comes back as a Completion with `error` set and `finish_reason` "error"; 401, 403 and 404
+(bad key, unknown model or URL) stop the whole run with a UserError.
+
+Options of `load` (unknown ones are ignored, so callers can pass one set to every backend):
+    model            the served model name (required)
+    api_key_env      name of the environment variable holding the API key (the key is never
+                     logged or stored); without it the key "EMPTY" is sent, as local servers expect
+    concurrency (8), max_retries (6), request_timeout (600.0), retry_wait (1.0), stream (True)
+    extra_body       a dict merged into every request (server-specific fields)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import threading
+import time
+
+from distill.core.errors import UserError
+
+from . import Completion, Sampling
+
+MAX_WAIT_S = 60.0
+
+
+class StreamCutShort(Exception):
+    """The stream ended without a finish reason (the server dropped the connection)."""
+
+
+def load(target: str, model: str | None = None, api_key_env: str | None = None,
+         concurrency: int = 8, max_retries: int = 6, request_timeout: float = 600.0,
+         retry_wait: float = 1.0, stream: bool = True, extra_body: dict | None = None,
+         served_model: str | None = None, **_unused) -> "OpenAIBackend":
+    model = model or served_model
+    if not target.startswith(("http://", "https://")):
+        raise UserError(f"openai:{target}: expected a base URL such as http://127.0.0.1:8000/v1")
+    if not model:
+        raise UserError(f"model: openai:{target} needs the served model name (--model NAME)")
+    api_key = "EMPTY"
+    if api_key_env:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key:
+            raise UserError(f"api_key_env: the environment variable {api_key_env} is not set")
+    return OpenAIBackend(target, model, api_key, max(1, concurrency), max(0, max_retries),
+                         request_timeout, retry_wait, stream, dict(extra_body or {}))
+
+
+def _transport_errors() -> tuple[type, ...]:
+    """The HTTP library's transport errors (raised raw while a stream is read): `httpx2` for
+    openai >= 3, `httpx` before."""
+    errors = []
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _retryable(exc: BaseException) -> bool:
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    return isinstance(exc, (openai.APIConnectionError, openai.APIError, *_transport_errors(),
+                            asyncio.TimeoutError, StreamCutShort, json.JSONDecodeError))
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    try:
+        return float(response.headers.get("retry-after"))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _reasoning_of(obj) -> str | None:
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(obj, name, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+class OpenAIBackend:
+    kind = "openai"
+
+    def __init__(self, base_url, model, api_key, concurrency, max_retries, request_timeout,
+                 retry_wait, stream, extra_body):
+        self.base_url, self.model, self._api_key = base_url, model, api_key
+        self.concurrency, self.max_retries = concurrency, max_retries
+        self.request_timeout, self.retry_wait = request_timeout, retry_wait
+        self.stream, self.extra_body = stream, extra_body
+        self.send_seed = True
+        self.retries = 0  # retried attempts over the backend's life, for reports and tests
+
+    def render(self, user_text: str) -> str:
+        return user_text
+
+    def generate(self, prompts: list[str], sampling: Sampling, on_done=None) -> list[list[Completion]]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._generate_all(prompts, sampling, on_done))
+        box: dict = {}  # called from inside an event loop (a notebook): run in a thread
+
+        def work():
+            try:
+                box["value"] = asyncio.run(self._generate_all(prompts, sampling, on_done))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                box["error"] = e
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    async def _generate_all(self, prompts, sampling, on_done):
+        from openai import AsyncOpenAI, Timeout
+
+        copies = 1 if sampling.temperature == 0 else sampling.n
+        client = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
+                             timeout=Timeout(self.request_timeout, connect=min(30.0, self.request_timeout)))
+        results: list[list] = [[None] * sampling.n for _ in prompts]
+        missing = [copies] * len(prompts)
+        queue = iter([(i, j) for i in range(len(prompts)) for j in range(copies)])
+
+        async def worker():
+            for i, j in queue:
+                completion = await self._with_retries(client, prompts[i], sampling, sampling.seed + j)
+                if copies == 1:
+                    results[i] = [completion] * sampling.n
+                else:
+                    results[i][j] = completion
+                missing[i] -= 1
+                if missing[i] == 0 and on_done is not None:
+                    on_done(i, results[i])
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(prompts) * copies) or 1)))
+        finally:
+            await client.close()
+        return results
+
+    async def _with_retries(self, client, user_text: str, sampling: Sampling, seed: int) -> Completion:
+        import openai
+
+        attempt, last = 0, ""
+        while True:
+            try:
+                return await asyncio.wait_for(self._request(client, user_text, sampling, seed),
+                                              timeout=self.request_timeout)
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                raise UserError(f"openai:{self.base_url}: {_describe(e)} (check the URL, "
+                                "--model and the API key variable)") from None
+            except openai.BadRequestError as e:
+                if self.send_seed and "seed" in str(e).lower():
+                    self.send_seed = False
+                    continue
+                return Completion("", "error", error=_describe(e))
+            except Exception as e:  # noqa: BLE001 - sorted into retryable or not below
+                if not _retryable(e):
+                    if isinstance(e, openai.APIStatusError):
+                        return Completion("", "error", error=_describe(e))
+                    raise
+                last, hinted = _describe(e), _retry_after(e)
+            if attempt >= self.max_retries:
+                return Completion("", "error", error=f"{last} (after {attempt} retries)")
+            wait = min(MAX_WAIT_S, self.retry_wait * 2 ** attempt) * random.uniform(0.5, 1.0)
+            if hinted is not None:
+                wait = min(MAX_WAIT_S, max(wait, hinted))
+            attempt += 1
+            self.retries += 1
+            await asyncio.sleep(wait)
+
+    def _request_args(self, user_text: str, sampling: Sampling, seed: int) -> dict:
+        args = dict(model=self.model, messages=[{"role": "user", "content": user_text}],
+                    max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                    top_p=sampling.top_p if sampling.temperature > 0 else 1.0)
+        if sampling.stop:
+            args["stop"] = list(sampling.stop)
+        if self.send_seed:
+            args["seed"] = seed
+        if self.stream:
+            args.update(stream=True, stream_options={"include_usage": True})
+        if self.extra_body:
+            args["extra_body"] = self.extra_body
+        return args
+
+    async def _request(self, client, user_text: str, sampling: Sampling, seed: int) -> Completion:
+        started = time.perf_counter()
+        response = await client.chat.completions.create(**self._request_args(user_text, sampling, seed))
+        if not self.stream:
+            done = time.perf_counter()
+            choice = response.choices[0]
+            usage = response.usage
+            return Completion(text=choice.message.content or "", finish_reason=choice.finish_reason or "stop",
+                              prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                              completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                              reasoning=_reasoning_of(choice.message), ttft_s=done - started, decode_s=0.0)
+        content, reasoning = [], []
+        finish, usage, first, last, chunks = None, None, None, None, 0
+        async for chunk in response:
+            if getattr(chunk, "usage", None):
+                usage = chunk.usage
+            for choice in chunk.choices or []:
+                delta = choice.delta
+                piece, thought = (delta.content or "") if delta else "", _reasoning_of(delta) if delta else None
+                if piece or thought:
+                    last = time.perf_counter()
+                    first = first or last
+                    chunks += 1
+                    content.append(piece)
+                    reasoning.append(thought or "")
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+        if finish is None:
+            raise StreamCutShort("the stream ended without a finish reason")
+        first = first or time.perf_counter()
+        thinking = "".join(reasoning)
+        return Completion(text="".join(content), finish_reason=finish,
+                          prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                          completion_tokens=getattr(usage, "completion_tokens", 0) or chunks,
+                          reasoning=thinking if any(r for r in reasoning) else None,
+                          ttft_s=first - started, decode_s=(last or first) - first)
+
+    def close(self) -> None:
+        pass
