@@ -1,0 +1,164 @@
+"""`distill eval`: accuracy, fidelity and speed of every model and artifact on the runtime that
+will run it, in one comparable table, with CI gates.
+
+For each model: load it (peak memory measured), probe its single-stream speed, generate the
+responses of every row (the model at each thinking budget) with the same prompts, sampling and
+answer extraction as every other backend, and measure its fidelity to --reference. Then write
+samples.jsonl, report.json, report.md and the plots, print the table and apply the gates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.core.chat import load_prompt_template, user_message
+from distill.core.errors import GateFailed, UserError, one_line
+from distill.core.progress import info
+from distill.core.records import StageRecord
+from eval.backends import load_backend, parse_spec
+
+from .benchmarks import heldout_text, load_benchmark
+from .fidelity import load_reference, measure_fidelity
+from .gates import check_gates, load_baseline
+from .measurements import MeasurementCache, measurement_key
+from .plots import BUDGET_PNG, TRADEOFF_PNG, plot_budget, plot_tradeoff
+from .report import SCHEMA_VERSION, print_table, result_row, write_reports
+from .samples import Row, SampleStore, generate_row, row_key
+from .scoring import summarize
+from .speed import MEMORY_METHOD, PeakMemory, probe_speed, size_on_disk, threads_used
+
+
+def run(config) -> dict:
+    config.check_complete()
+    out = Path(config.out)
+    with StageRecord("eval", config, out) as rec:
+        template = load_prompt_template(config.prompt_template)
+        models = resolve_models(config)
+        benchmark = load_benchmark(config)
+        if config.baseline:
+            load_baseline(config.baseline)  # a wrong file fails now, not after the generation
+        budgets = sorted(config.think_budget) or [None]
+        rows = {label: [Row(label, spec, kind, target, b) for b in budgets] for label, spec, kind, target in models}
+        for row in (r for model_rows in rows.values() for r in model_rows):
+            row.key = row_key(row, config, benchmark.name, template)
+        store = SampleStore(out, {r.key for model_rows in rows.values() for r in model_rows})
+        measured = MeasurementCache(out / "measurements.partial.json")
+        reference = None
+        results = []
+        try:
+            for label, spec, kind, target in models:
+                info(f"[bold]{label}[/] ({spec})")
+                figures = measured.get(label, measurement_key(spec, config))
+                missing = [r for r in rows[label] if not row_complete(store, r, benchmark.problems, config)]
+                if missing or figures is None:
+                    figures = evaluate_model(config, rows[label], missing, benchmark, template, store,
+                                             figures)
+                if config.reference and kind != "openai" and "mean_kld" not in figures:
+                    if reference is None:
+                        info(f"reference {config.reference}: scoring the held-out text")
+                        reference = load_reference(config.reference, heldout_text(config, benchmark), config)
+                        measured.put_reference(config.reference, reference.perplexity, reference.tokens)
+                    figures.update(measure_fidelity(kind, target, reference, config))
+                measured.put(label, measurement_key(spec, config), figures)
+                for row in rows[label]:
+                    summary = summarize(store.of_row(row.key), config.samples)
+                    results.append(result_row(label=label, model=spec, backend=kind, benchmark=benchmark.name,
+                                              think_budget=row.budget, samples_per_problem=config.samples,
+                                              **summary, **figures))
+        finally:
+            store.close()
+        samples_path = store.finish([r.key for model_rows in rows.values() for r in model_rows])
+        plots = [p for p in (plot_tradeoff(results, out / TRADEOFF_PNG), plot_budget(results, out / BUDGET_PNG)) if p]
+        for stale in {out / TRADEOFF_PNG, out / BUDGET_PNG} - set(plots):
+            stale.unlink(missing_ok=True)
+        checked, failures = check_gates(results, config)
+        report = {
+            "schema_version": SCHEMA_VERSION,
+            "benchmark": {"name": benchmark.name, "source": benchmark.source, "n_problems": len(benchmark.problems)},
+            "settings": {k: getattr(config, k) for k in ("samples", "temperature", "top_p", "max_new_tokens", "seed",
+                                                         "think_budget", "answer_tokens", "prompt_template",
+                                                         "speed_tokens", "batch_size", "concurrency")},
+            "reference": measured.reference if config.reference else None,
+            "memory_method": MEMORY_METHOD,
+            "results": results,
+            "gates": {"checked": checked, "failed": failures},
+            "plots": [p.name for p in plots],
+        }
+        written = write_reports(out, report)
+        measured.discard()
+        print_table(report)
+        rec.outputs = [samples_path, *written, *plots]
+        rec.result = {"results": results, "gates_failed": failures}
+        if failures:
+            raise GateFailed("; ".join(failures))
+    return {"report": str(out / "report.json"), "results": results}
+
+
+def evaluate_model(config, rows: list[Row], missing: list[Row], benchmark, template: str,
+                   store: SampleStore, cached: dict | None) -> dict:
+    """Load the model once: speed and memory (unless cached from an interrupted run), then the
+    responses of every row still missing some."""
+    first = rows[0]
+    with PeakMemory() as memory:
+        backend = load_model(first.spec, first.kind, config)
+        speed = {}
+        try:
+            if cached is None and config.speed_tokens and benchmark.problems:
+                prompt = backend.render(user_message(benchmark.problems[0]["question"], template))
+                speed = probe_speed(backend, prompt, config.speed_tokens)
+        except BaseException:
+            backend.close()
+            raise
+    try:
+        figures = dict(cached) if cached is not None else {
+            **speed, "peak_rss_bytes": memory.peak_bytes if first.kind != "openai" else None,
+            "size_bytes": size_on_disk(first.kind, first.target),
+            "threads": threads_used(backend, first.kind, config.threads)}
+        for row in missing:
+            generate_row(backend, row, benchmark.name, benchmark.problems, template, config, store)
+    finally:
+        backend.close()
+    return figures
+
+
+def row_complete(store: SampleStore, row: Row, problems: list[dict], config) -> bool:
+    return all(store.have(row.key, p["id"], j) for p in problems for j in range(config.samples))
+
+
+def load_model(spec: str, kind: str, config):
+    """The backend for `spec`, with the options its kind takes. A model that cannot be loaded is
+    a user error naming it."""
+    options = {
+        "hf": dict(dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+                   batch_size=config.batch_size, threads=config.threads),
+        "gguf": dict(n_ctx=config.n_ctx, threads=config.threads),
+        "onnx": dict(threads=config.threads, batch_size=config.batch_size,
+                     trust_remote_code=config.trust_remote_code),
+        "openai": dict(model=config.served_model, api_key_env=config.api_key_env,
+                       concurrency=config.concurrency, max_retries=config.max_retries,
+                       request_timeout=config.request_timeout),
+    }[kind]
+    try:
+        return load_backend(spec, **options)
+    except (UserError, GateFailed):
+        raise
+    except Exception as e:  # noqa: BLE001 - a model that does not load is the user's input at fault
+        raise UserError(f"model: {spec}: cannot be loaded ({type(e).__name__}: {one_line(e)[:200]})") from None
+
+
+def resolve_models(config) -> list[tuple[str, str, str, str]]:
+    """(label, spec, kind, target) per --model; labels default to the artifact's name."""
+    models, taken = [], set(config.label)
+    for i, spec in enumerate(config.model):
+        kind, target = parse_spec(spec)
+        spec = f"{kind}:{target}"
+        if i < len(config.label):
+            label = config.label[i]
+        else:
+            base = config.served_model if kind == "openai" else (Path(target).stem if kind == "gguf"
+                                                                  else Path(target.rstrip("/")).name)
+            label, n = base or kind, 2
+            while label in taken:
+                label, n = f"{base}-{n}", n + 1
+        taken.add(label)
+        models.append((label, spec, kind, target))
+    return models

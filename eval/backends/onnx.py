@@ -1,0 +1,163 @@
+"""`onnx:DIR`: an onnxruntime-genai model folder (genai_config.json, model.onnx, tokenizer).
+
+Prompts are rendered and tokenized with the folder's Hugging Face tokenizer files, exactly as the
+hf backend does, so both see the same token ids; onnxruntime-genai runs the model. Sequences are
+generated in right-padded batches (onnxruntime-genai masks the padding itself)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from distill.core.chat import render_prompt
+from distill.core.errors import UserError, one_line
+
+from . import Completion, Sampling
+
+
+def read_genai_config(folder: Path) -> dict:
+    path = folder / "genai_config.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: not an ONNX model folder (no genai_config.json)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: malformed genai_config.json ({one_line(e)})") from None
+
+
+def open_model(folder: Path, threads: int | None):
+    """The onnxruntime-genai model on the CPU, with `threads` intra-op threads when given."""
+    import onnxruntime_genai as og
+    try:
+        config = og.Config(str(folder))
+        config.clear_providers()
+        if threads:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        return og.Model(config)
+    except Exception as e:  # onnxruntime raises plain RuntimeErrors for unreadable models
+        raise UserError(f"{folder}: onnxruntime-genai cannot load the model ({one_line(e)[:200]})") from None
+
+
+def open_tokenizer(folder: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - any failure here means the folder lacks a usable tokenizer
+        raise UserError(f"{folder}: no usable tokenizer files ({one_line(e)[:200]})") from None
+
+
+def _physical_cores() -> int:
+    import psutil  # onnxruntime's default intra-op pool: one thread per physical core
+    return psutil.cpu_count(logical=False) or 1
+
+
+class OnnxBackend:
+    kind = "onnx"
+
+    def __init__(self, folder: Path, threads: int | None, batch_size: int, trust_remote_code: bool):
+        genai = read_genai_config(folder)["model"]
+        self.folder = folder
+        self.threads = threads or _physical_cores()
+        self.batch_size = batch_size
+        self.context_length = int(genai.get("context_length") or 2048)
+        eos = genai.get("eos_token_id")
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        pad = genai.get("pad_token_id")
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids))
+        self.vocab_size = int(genai.get("vocab_size") or 0)
+        self.tokenizer = open_tokenizer(folder, trust_remote_code)
+        self.model = open_model(folder, self.threads)
+
+    def render(self, user_text: str) -> str:
+        return render_prompt(self.tokenizer, user_text, where=str(self.folder))
+
+    def encode(self, text: str) -> list[int]:
+        # the rendered prompt already holds every special token the chat template wants
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, prompts: list[str], sampling: Sampling,
+                 on_done: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
+        ids = [self.encode(p) for p in prompts]
+        results: list[list[Completion | None]] = [[None] * sampling.n for _ in prompts]
+        for start in range(0, len(jobs), self.batch_size):
+            batch = jobs[start:start + self.batch_size]
+            done = self._generate_batch([ids[i] for i, _ in batch], sampling, seed=sampling.seed + start)
+            for (i, j), completion in zip(batch, done):
+                results[i][j] = completion
+                if j == sampling.n - 1 and on_done is not None:
+                    on_done(i, results[i])
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, batch_ids: list[list[int]], sampling: Sampling, seed: int) -> list[Completion]:
+        import onnxruntime_genai as og
+        longest = max(len(x) for x in batch_ids)
+        budget = min(sampling.max_new_tokens, self.context_length - longest)
+        if budget < 1:
+            return [Completion("", "length", len(x), 0, error=f"prompt of {len(x)} tokens does not fit "
+                               f"the context of {self.context_length}") for x in batch_ids]
+        tokens = np.full((len(batch_ids), longest), self.pad_id, dtype=np.int32)
+        for row, x in enumerate(batch_ids):
+            tokens[row, :len(x)] = x
+        params = og.GeneratorParams(self.model)
+        options = dict(batch_size=len(batch_ids), max_length=longest + budget, random_seed=seed)
+        if sampling.temperature > 0:
+            # top_k off (the genai_config default is 50): the same temperature + top-p as elsewhere
+            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                           top_k=self.vocab_size or 1 << 20)
+        else:
+            options.update(do_sample=False)
+        params.set_search_options(**options)
+        generator = og.Generator(self.model, params)
+        started = time.perf_counter()
+        generator.append_tokens(tokens)
+        outputs: list[list[int]] = [[] for _ in batch_ids]
+        finish: list[str | None] = [None] * len(batch_ids)
+        first_token_at = None
+        for _ in range(budget):
+            if generator.is_done():
+                break
+            generator.generate_next_token()
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            for row, token in enumerate(generator.get_next_tokens()):
+                if finish[row] is not None:
+                    continue
+                outputs[row].append(int(token))
+                if int(token) in self.eos_ids:
+                    finish[row] = "stop"
+                elif sampling.stop and self._hits_stop(outputs[row], sampling.stop):
+                    finish[row] = "stop"
+            if all(f is not None for f in finish):
+                break
+        ended = time.perf_counter()
+        completions = []
+        for row, out in enumerate(outputs):
+            text_ids = out[:-1] if out and out[-1] in self.eos_ids else out
+            completions.append(Completion(
+                text=self.tokenizer.decode(text_ids, skip_special_tokens=False),
+                finish_reason=finish[row] or "length", prompt_tokens=len(batch_ids[row]),
+                completion_tokens=len(out),
+                ttft_s=(first_token_at - started) if first_token_at else None,
+                decode_s=(ended - first_token_at) if first_token_at else None))
+        return completions
+
+    def _hits_stop(self, out: list[int], stop: list[str]) -> bool:
+        tail = self.tokenizer.decode(out[-16:], skip_special_tokens=False)
+        return any(s in tail for s in stop)
+
+    def close(self) -> None:
+        self.model = None
+
+
+def load(target: str, threads: int | None = None, batch_size: int = 16,
+         trust_remote_code: bool = False) -> OnnxBackend:
+    folder = Path(target)
+    if not folder.is_dir():
+        raise UserError(f"{target}: no such ONNX model folder")
+    return OnnxBackend(folder, threads, batch_size, trust_remote_code)

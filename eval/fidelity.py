@@ -1,0 +1,153 @@
+"""Fidelity of an artifact to a reference model on held-out text: mean KL(reference || artifact)
+of the next-token distributions, top-1 agreement, and the artifact's perplexity.
+
+The held-out text is tokenized once with the reference's tokenizer and cut into windows; every
+runtime is fed exactly those token ids (transformers, llama.cpp with logits for every position,
+onnxruntime-genai), so the distributions are compared position by position. The reference's
+log-probabilities are kept in memory (tokens x vocabulary floats) while the artifacts are scored."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from distill.core.errors import UserError, one_line
+
+
+@dataclass
+class Reference:
+    spec: str
+    windows: list[list[int]]     # token ids, each window scored on its own
+    logprobs: list["object"]     # torch tensors [len(window), vocab], log-softmax of the reference
+    perplexity: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(w) - 1 for w in self.windows)
+
+
+def _torch_dtype(name: str):
+    import torch
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def _load_hf(target: str, cfg):
+    from transformers import AutoModelForCausalLM
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=_torch_dtype(cfg.dtype),
+                                                     trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - unreadable or missing model folders are user errors
+        raise UserError(f"{target}: transformers cannot load the model ({one_line(e)[:200]})") from None
+    return model.eval()
+
+
+def hf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
+    import torch
+    model = _load_hf(target, cfg)
+    with torch.inference_mode():
+        for window in windows:
+            yield model(torch.tensor([window])).logits[0].float().numpy()
+
+
+def gguf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
+    from llama_cpp import Llama
+    longest = max(len(w) for w in windows)
+    try:
+        llm = Llama(model_path=target, n_ctx=longest, n_batch=longest, n_ubatch=longest, logits_all=True,
+                    n_threads=cfg.threads, verbose=False)
+    except Exception as e:  # noqa: BLE001 - llama.cpp raises ValueError/RuntimeError alike
+        raise UserError(f"{target}: llama.cpp cannot load the model ({one_line(e)[:200]})") from None
+    try:
+        for window in windows:
+            llm.reset()
+            llm.eval(window)
+            yield np.array(llm.scores[:len(window)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def onnx_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
+    import onnxruntime_genai as og
+    from eval.backends.onnx import open_model, read_genai_config
+    context = int(read_genai_config(Path(target))["model"].get("context_length") or 0)
+    longest = max(len(w) for w in windows)
+    if context and longest > context:
+        raise UserError(f"{target}: context of {context} tokens is shorter than the fidelity window "
+                        f"({longest}); lower --fidelity-window")
+    model = open_model(Path(target), cfg.threads)
+    for window in windows:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=min(len(window) + 1, context or len(window) + 1))
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.array([window], dtype=np.int32))
+        yield np.asarray(generator.get_output("logits"), dtype=np.float32)[0, :len(window)]
+        del generator
+
+
+LOGITS: dict[str, Callable[[str, list[list[int]], object], Iterator[np.ndarray]]] = {
+    "hf": hf_logits,
+    "gguf": gguf_logits,
+    "onnx": onnx_logits,
+}
+
+
+def _windows(tokenizer, text: str, total: int, size: int) -> list[list[int]]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:total]
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    step = size - 1 if adds_bos else size
+    windows = [([bos] if adds_bos else []) + ids[i:i + step] for i in range(0, len(ids), step)]
+    windows = [w for w in windows if len(w) >= 2]
+    if not windows:
+        raise UserError("fidelity_text: the held-out text has fewer than 2 tokens")
+    return windows
+
+
+def _nll(logprobs, window: list[int]) -> "object":
+    import torch
+    targets = torch.tensor(window[1:])
+    return -logprobs[:-1].gather(1, targets[:, None])[:, 0]
+
+
+def load_reference(spec: str, text: str, cfg) -> Reference:
+    import torch
+    from transformers import AutoTokenizer
+    target = spec.split(":", 1)[1]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"reference: {target}: cannot load its tokenizer ({one_line(e)[:200]})") from None
+    windows = _windows(tokenizer, text, cfg.fidelity_tokens, cfg.fidelity_window)
+    logprobs = [torch.log_softmax(torch.from_numpy(x), dim=-1) for x in hf_logits(target, windows, cfg)]
+    nll = torch.cat([_nll(lp, w) for lp, w in zip(logprobs, windows)])
+    return Reference(spec, windows, logprobs, math.exp(float(nll.mean())))
+
+
+def measure_fidelity(kind: str, target: str, reference: Reference, cfg) -> dict:
+    """Mean KL(reference || model) per predicted position, top-1 agreement and perplexity."""
+    import torch
+    if kind not in LOGITS:
+        return {}
+    kl_sum, agree, nll_sum, count = 0.0, 0, 0.0, 0
+    for window, ref, logits in zip(reference.windows, reference.logprobs, LOGITS[kind](target, reference.windows, cfg)):
+        art = torch.from_numpy(logits)
+        vocab = min(ref.shape[-1], art.shape[-1])
+        p_log = ref if vocab == ref.shape[-1] else torch.log_softmax(ref[:, :vocab], dim=-1)
+        q_log = torch.log_softmax(art[:, :vocab], dim=-1)
+        p_log, q_log = p_log[:-1], q_log[:-1]  # the last position predicts past the window
+        kl_sum += float((p_log.exp() * (p_log - q_log)).sum())
+        agree += int((p_log.argmax(-1) == q_log.argmax(-1)).sum())
+        nll_sum += float(-q_log.gather(1, torch.tensor(window[1:])[:, None]).sum())
+        count += len(window) - 1
+    return {
+        "mean_kld": kl_sum / count,
+        "top1_agreement": agree / count,
+        "perplexity": math.exp(nll_sum / count),
+        "fidelity_tokens": count,
+    }

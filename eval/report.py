@@ -1,0 +1,95 @@
+"""report.json (parsed by CI jobs: its keys are stable), report.md (the same table for people) and
+the rich table printed at the end of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.core.io import write_json, write_text
+
+SCHEMA_VERSION = 1
+
+# Every row carries every key, in this order; figures that were not measured are null.
+RESULT_KEYS = (
+    "label", "model", "backend", "benchmark", "think_budget", "n_problems", "samples_per_problem",
+    "n_samples", "pass_at_1", "maj_at_k", "format_valid_rate", "truncation_rate",
+    "mean_response_tokens", "n_errors", "prompt_tokens_per_s", "decode_tokens_per_s", "ttft_s",
+    "peak_rss_bytes", "size_bytes", "threads", "mean_kld", "top1_agreement", "perplexity",
+)
+
+# (header, key, format) of the table; columns whose figures are all missing are left out.
+COLUMNS = (
+    ("label", "label", "{}"), ("backend", "backend", "{}"), ("budget", "think_budget", "{}"),
+    ("pass@1", "pass_at_1", "{:.1%}"), ("maj@k", "maj_at_k", "{:.1%}"),
+    ("format ok", "format_valid_rate", "{:.0%}"), ("truncated", "truncation_rate", "{:.0%}"),
+    ("tokens", "mean_response_tokens", "{:.0f}"), ("decode tok/s", "decode_tokens_per_s", "{:.1f}"),
+    ("prompt tok/s", "prompt_tokens_per_s", "{:.0f}"), ("TTFT s", "ttft_s", "{:.2f}"),
+    ("peak RSS MB", "peak_rss_bytes", "mb"), ("size MB", "size_bytes", "mb"), ("threads", "threads", "{}"),
+    ("KL", "mean_kld", "{:.4f}"), ("top-1", "top1_agreement", "{:.1%}"), ("ppl", "perplexity", "{:.2f}"),
+)
+
+
+def result_row(**figures) -> dict:
+    return {key: figures.get(key) for key in RESULT_KEYS}
+
+
+def _cell(value, fmt: str) -> str:
+    if value is None:
+        return "–"
+    if fmt == "mb":
+        return f"{value / 1e6:.1f}"
+    return fmt.format(value)
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    columns = [c for c in COLUMNS if c[0] == "label" or any(r.get(c[1]) is not None for r in rows)]
+    return [c[0] for c in columns], [[_cell(r.get(key), fmt) for _, key, fmt in columns] for r in rows]
+
+
+def write_reports(out: Path, report: dict) -> list[Path]:
+    json_path = write_json(out / "report.json", report)
+    md_path = write_text(out / "report.md", markdown(report))
+    return [json_path, md_path]
+
+
+def markdown(report: dict) -> str:
+    headers, cells = table(report["results"])
+    bench = report["benchmark"]
+    settings = report["settings"]
+    lines = [
+        f"# distill eval: {bench['name']}", "",
+        f"{bench['n_problems']} problems from `{bench['source']}`, {settings['samples']} sample(s) each, "
+        f"temperature {settings['temperature']}, top-p {settings['top_p']}, "
+        f"prompt template `{settings['prompt_template']}`.", "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+        *("| " + " | ".join(row) + " |" for row in cells), "",
+    ]
+    if report.get("reference"):
+        ref = report["reference"]
+        lines += [f"Fidelity against `{ref['model']}` (perplexity {ref['perplexity']:.2f}) on "
+                  f"{ref['tokens']} held-out tokens: mean KL(reference || model) per token and top-1 "
+                  "agreement of the next-token distributions.", ""]
+    lines += [f"Speed: single-stream greedy probe of {settings['speed_tokens']} tokens. "
+              f"Memory: {report['memory_method']}.", ""]
+    gates = report.get("gates") or {}
+    if gates.get("checked"):
+        status = "failed" if gates["failed"] else "passed"
+        lines += [f"Gates ({', '.join(gates['checked'])}): **{status}**", ""]
+        lines += [f"- {f}" for f in gates["failed"]] + ([""] if gates["failed"] else [])
+    for plot in report.get("plots", []):
+        lines += [f"![{plot}]({plot})", ""]
+    return "\n".join(lines)
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    headers, cells = table(report["results"])
+    t = Table(title=f"distill eval: {report['benchmark']['name']} "
+                    f"({report['benchmark']['n_problems']} problems)")
+    for i, h in enumerate(headers):
+        t.add_column(h, justify="left" if i < 2 else "right")
+    for row in cells:
+        t.add_row(*row)
+    Console().print(t)
