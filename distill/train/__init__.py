@@ -1,0 +1,223 @@
+"""`distill train`: fine-tune a dense student on the kept traces (SFT, optionally with logit
+distillation from a teacher of the same tokenizer), fully or with LoRA, on one CPU or, through
+`accelerate launch`, on many GPUs. The output folder is the model: safetensors, tokenizer, chat
+template, generation config, plus train_summary.json, loss.png, README.md and train.json."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+from distill.core.config import config_dict
+from distill.core.errors import UserError
+from distill.core.io import sha256_path, write_json
+from distill.core.progress import info
+from distill.core.records import StageRecord
+
+from .config import TrainConfig
+
+FINAL_STAGING = ".tmp-final-model"  # one fixed name, so that every process saves into the same folder
+
+
+def run(config: TrainConfig) -> dict:
+    import torch
+    from transformers import PrinterCallback
+
+    from . import models
+    from .attention import packed_attention_for
+    from .batching import PackedBatches, PaddedBatches, TraceDataset, split_heldout
+    from .chat_format import encode_traces, end_of_turn
+    from .checkpoints import MarkCompleteCheckpoints, announce_resume, clear_unusable, resume_point
+    from .report import loss_history, plot_losses, write_model_card
+    from .traces import load_traces
+    from .trainer import DistillTrainer, RichProgress, StepClock, training_arguments
+
+    out = Path(config.out)
+    main = int(os.environ.get("RANK", "0")) == 0
+
+    # Every bad input is found before anything heavy is loaded or written.
+    traces = load_traces(config.traces, config.prompt_template)
+    tokenizer = models.load_tokenizer(config.student, "student", config.trust_remote_code)
+    eot = end_of_turn(tokenizer, f"student: {config.student}")
+    models.load_model_config(config.student, "student", config.trust_remote_code)
+    if config.method == "kd":
+        models.load_model_config(config.teacher, "teacher", config.trust_remote_code)
+        teacher_tokenizer = models.load_tokenizer(config.teacher, "teacher", config.trust_remote_code)
+        models.require_same_tokenizer(tokenizer, teacher_tokenizer, config.teacher)
+    samples, too_long = encode_traces(tokenizer, traces.rows, eot, config.max_seq_len, f"student: {config.student}")
+    if not samples:
+        raise UserError(f"max_seq_len: all {too_long} traces are longer than {config.max_seq_len} tokens")
+    train_rows, heldout_rows = split_heldout(samples, config.eval_fraction, config.seed)
+
+    use_gpu = torch.cuda.is_available()
+    if config.threads and not use_gpu:
+        torch.set_num_threads(config.threads)
+    bf16 = config.bf16 if config.bf16 is not None else use_gpu and torch.cuda.is_bf16_supported()
+    checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else use_gpu
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    attention = config.attn_implementation or _default_attention(use_gpu)
+
+    record = StageRecord("train", config, out) if main else contextlib.nullcontext(None)
+    with _quiet_libraries(), record as rec:
+        if main:
+            (out / "train.json").unlink(missing_ok=True)  # the old record must not vouch for new files
+        model = models.load_causal_lm(config.student, "student", dtype, config.trust_remote_code, attention)
+        teacher = None
+        if config.method == "kd":
+            teacher = models.load_causal_lm(config.teacher, "teacher", dtype, config.trust_remote_code, attention)
+        if config.packing:
+            for m in filter(None, (model, teacher)):
+                m.set_attn_implementation(packed_attention_for(m, config.attn_implementation))
+        if config.lora:
+            model = models.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout,
+                                    config.lora_target_modules)
+
+        checkpoints = out / "checkpoints"
+        fingerprint = _fingerprint(config, traces.source)
+        resume_from = resume_point(checkpoints, fingerprint, config.resume)
+        if main:
+            clear_unusable(checkpoints, resume_from)
+            shutil.rmtree(out / FINAL_STAGING, ignore_errors=True)
+        announce_resume(resume_from)
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        steps = _planned_steps(config, len(train_rows), world)
+        eval_steps = (config.eval_steps or max(1, steps // 10)) if heldout_rows else None
+        try:
+            args = training_arguments(config, str(checkpoints), use_gpu, bf16, checkpointing, eval_steps)
+        except ValueError as e:
+            raise UserError(f"training settings: {' '.join(str(e).split())}") from None
+        clock = StepClock()
+        trainer = DistillTrainer(
+            model=model, args=args, train_dataset=TraceDataset(train_rows),
+            eval_dataset=TraceDataset(heldout_rows) if heldout_rows else None,
+            data_collator=PackedBatches() if config.packing else PaddedBatches(_pad_id(tokenizer, eot)),
+            processing_class=tokenizer, callbacks=[MarkCompleteCheckpoints(fingerprint), clock, RichProgress()],
+            teacher=teacher, kd_alpha=config.kd_alpha, kd_temperature=config.kd_temperature, kd_loss=config.kd_loss)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if heldout_rows and not any(r.get("step") == trainer.state.global_step and "eval_loss" in r
+                                    for r in trainer.state.log_history):
+            trainer.evaluate()
+
+        staging = out / FINAL_STAGING
+        trainer.save_model(str(staging / "adapter" if config.lora else staging))
+        if not main:
+            return {}
+        if config.lora:
+            merged = models.merge_lora(config.student, staging / "adapter", dtype, config.trust_remote_code)
+            merged.save_pretrained(staging)
+            if not config.keep_adapter:
+                shutil.rmtree(staging / "adapter")
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the record holds the settings
+        models.finish_model_folder(staging, tokenizer, eot)
+        model_files = _move_into(staging, out)
+
+        history = loss_history(trainer.state.log_history)
+        summary = {
+            "student": config.student, "method": config.method, "lora": config.lora, "packing": config.packing,
+            "end_of_turn": eot.text, "device": _device_name(use_gpu, world), "dtype": str(dtype).split(".")[-1],
+            "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 4),
+            "resumed_from_step": _step_of(resume_from),
+            "samples": {"train": len(train_rows), "heldout": len(heldout_rows), "too_long": too_long},
+            "tokens_seen": int(trainer.state.num_input_tokens_seen),
+            "tokens_per_second": round(trainer.real_tokens * world / clock.seconds, 1) if clock.seconds else None,
+            "padding_fraction": round(1 - trainer.real_tokens / trainer.positions, 4) if trainer.positions else 0.0,
+            "train_seconds": round(clock.seconds, 2),
+            "parameters": {"total": sum(p.numel() for p in trainer.model.parameters()),
+                           "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)},
+            "final": {"train_loss": history["train"][-1][1] if history["train"] else None,
+                      "heldout_loss": history["heldout"][-1][1] if history["heldout"] else None},
+            "loss_history": history,
+            "traces": traces.describe(),
+        }
+        write_json(out / "train_summary.json", summary)
+        plot_losses(history, out / "loss.png", f"{Path(config.student).name} on {traces.describe()['kept_traces']} traces")
+        write_model_card(out / "README.md", config, summary, traces.describe())
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        info(f"[green]✓[/] student saved to {out}: {summary['steps']} steps, loss {summary['final']['train_loss']}, "
+             f"held-out {summary['final']['heldout_loss']}, {summary['tokens_per_second']} tokens/s")
+        rec.outputs = [out / name for name in model_files + ["train_summary.json", "loss.png", "README.md"]]
+        rec.result = {k: summary[k] for k in ("steps", "tokens_seen", "tokens_per_second", "padding_fraction")}
+        rec.result.update(summary["final"])
+    return {"out": str(out), **rec.result}
+
+
+def _default_attention(use_gpu: bool) -> str:
+    if use_gpu:
+        from transformers.utils import is_flash_attn_2_available
+        if is_flash_attn_2_available():
+            return "flash_attention_2"
+    return "sdpa"
+
+
+def _pad_id(tokenizer, eot) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot.token_id
+
+
+def _planned_steps(config: TrainConfig, n_train: int, world: int) -> int:
+    if config.max_steps > 0:
+        return config.max_steps
+    per_epoch = max(1, math.ceil(math.ceil(n_train / (config.batch_size * world)) / config.grad_accum))
+    return max(1, math.ceil(per_epoch * config.epochs))
+
+
+def _fingerprint(config: TrainConfig, traces_source: str) -> str:
+    """Same settings and same traces: a checkpoint of this run can be resumed."""
+    settings = {k: v for k, v in config_dict(config).items() if k != "resume"}
+    traces_hash = sha256_path(traces_source) if Path(traces_source).exists() else traces_source
+    return hashlib.sha256(json.dumps([settings, traces_hash], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _step_of(checkpoint: Path | None) -> int | None:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
+
+
+def _move_into(staging: Path, out: Path) -> list[str]:
+    """Move the finished model files into the output folder one rename at a time, after removing
+    weight files of an earlier model that the new one does not have."""
+    names = sorted(p.name for p in staging.iterdir())
+    for old in list(out.glob("*.safetensors")) + list(out.glob("*.safetensors.index.json")):
+        if old.name not in names:
+            old.unlink()
+    if (out / "adapter").is_dir() and "adapter" not in names:
+        shutil.rmtree(out / "adapter")
+    for name in names:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+    staging.rmdir()
+    return names
+
+
+def _device_name(use_gpu: bool, world: int) -> str:
+    import torch
+    if use_gpu:
+        return f"{world} x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Trainer and model loading talk a lot; the stage reports through its own progress bar."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()

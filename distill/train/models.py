@@ -1,0 +1,133 @@
+"""Load the student and the KD teacher with clear errors, check that they share a tokenizer, add
+LoRA, and turn the trained weights into a plain model folder (LoRA merged, the end-of-turn token
+as EOS)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from distill.core.errors import UserError
+
+from .chat_format import EndOfTurn
+
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _require_model_path(path: str, field: str) -> None:
+    if not path:
+        raise UserError(f"{field}: give a model folder or a Hugging Face model name")
+    if not Path(path).exists() and (path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(path)):
+        raise UserError(f"{field}: {path}: no such folder (nor a Hugging Face model name)")
+
+
+def load_tokenizer(path: str, field: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+    _require_model_path(path, field)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - any loader failure is a bad path or folder
+        raise UserError(f"{field}: {path}: cannot load a tokenizer ({_first_line(e)})") from None
+
+
+def load_model_config(path: str, field: str, trust_remote_code: bool):
+    """The model's config, checked to be a causal language model."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    _require_model_path(path, field)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{field}: {path}: not a model folder ({_first_line(e)})") from None
+    custom_causal = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not custom_causal:
+        raise UserError(f"{field}: {path}: a '{config.model_type}' model is not a causal language model")
+    return config
+
+
+def load_causal_lm(path: str, field: str, dtype: torch.dtype, trust_remote_code: bool,
+                   attn_implementation: str | None = None):
+    from transformers import AutoModelForCausalLM
+    config = load_model_config(path, field, trust_remote_code)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
+                                                    trust_remote_code=trust_remote_code, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{field}: {path}: cannot load the model weights (safetensors only): "
+                        f"{_first_line(e)}") from None
+
+
+def _tokenizer_parts(tokenizer) -> dict:
+    """What makes two tokenizers produce the same ids: vocabulary, merges, added tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        model = spec.get("model") or {}
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+        return {"vocabulary": model.get("vocab"), "merges": merges,
+                "special tokens": sorted((a["id"], a["content"]) for a in spec.get("added_tokens", []))}
+    return {"vocabulary": tokenizer.get_vocab(), "merges": [],
+            "special tokens": sorted((i, t) for t, i in tokenizer.get_added_vocab().items())}
+
+
+def require_same_tokenizer(student_tok, teacher_tok, teacher_path: str) -> None:
+    """KD compares next-token distributions id by id, so the teacher must tokenize exactly as the
+    student does. Embedding sizes may differ (padded vocabularies); the tokenizers may not."""
+    mine, theirs = _tokenizer_parts(student_tok), _tokenizer_parts(teacher_tok)
+    for part in ("vocabulary", "merges", "special tokens"):
+        if mine[part] != theirs[part]:
+            raise UserError(f"teacher: {teacher_path}: its tokenizer differs from the student's ({part}: "
+                            f"{len(theirs[part] or [])} vs {len(mine[part] or [])} entries); "
+                            "logit distillation needs the same tokenizer (use --method sft)")
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str]):
+    from peft import LoraConfig, get_peft_model
+    targets = "all-linear" if target_modules == ["all-linear"] else list(target_modules)
+    try:
+        return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                                target_modules=targets, task_type="CAUSAL_LM"))
+    except ValueError as e:
+        raise UserError(f"lora_target_modules: {_first_line(e)}") from None
+
+
+def merge_lora(student: str, adapter_dir: Path, dtype: torch.dtype, trust_remote_code: bool):
+    """The base model with the trained adapter folded into its weights, loaded afresh so that it
+    also works when the training process only held a shard of the weights (FSDP, ZeRO-3)."""
+    from peft import PeftModel
+    base = load_causal_lm(student, "student", dtype, trust_remote_code)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
+def finish_model_folder(folder: Path, tokenizer, eot: EndOfTurn) -> None:
+    """Make the end-of-turn token the EOS everywhere a runtime looks for it (generation config,
+    model config, tokenizer), keep the model's other stop tokens, and restore inference settings."""
+    from transformers import AutoConfig, GenerationConfig
+    config = AutoConfig.from_pretrained(folder)
+    try:
+        generation = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        generation = GenerationConfig()
+    previous = generation.eos_token_id if generation.eos_token_id is not None else config.eos_token_id
+    previous = previous if isinstance(previous, list) else [previous] if previous is not None else []
+    stops = [eot.token_id] + [i for i in previous if i != eot.token_id]
+    generation.eos_token_id = stops if len(stops) > 1 else stops[0]
+    if generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot.token_id
+    if tokenizer.bos_token_id is not None and generation.bos_token_id is None:
+        generation.bos_token_id = tokenizer.bos_token_id
+    generation.save_pretrained(folder)
+    config.eos_token_id = eot.token_id
+    config.use_cache = True
+    config.save_pretrained(folder)
+    tokenizer.eos_token = eot.text
+    tokenizer.save_pretrained(folder)

@@ -1,0 +1,117 @@
+"""What training leaves besides the weights: `train_summary.json`, `loss.png` and the model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.core.config import config_dict
+from distill.core.io import atomic_path, write_text
+
+CARD_SETTINGS = ("method", "epochs", "max_steps", "lr", "lr_scheduler", "warmup_ratio", "weight_decay",
+                 "batch_size", "grad_accum", "max_seq_len", "packing", "lora", "lora_r", "lora_alpha",
+                 "lora_dropout", "lora_target_modules", "kd_loss", "kd_alpha", "kd_temperature", "seed",
+                 "eval_fraction", "prompt_template")
+
+
+def loss_history(log_history: list[dict]) -> dict:
+    train = [[row["step"], row["loss"]] for row in log_history if "loss" in row and "step" in row]
+    heldout = [[row["step"], row["eval_loss"]] for row in log_history if "eval_loss" in row]
+    return {"train": train, "heldout": heldout}
+
+
+def plot_losses(history: dict, path: Path, title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if history["train"]:
+        steps, losses = zip(*history["train"])
+        ax.plot(steps, losses, label="train", color="tab:blue")
+    if history["heldout"]:
+        steps, losses = zip(*history["heldout"])
+        ax.plot(steps, losses, "o-", label="held-out", color="tab:orange")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per trained token")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_model_card(path: Path, cfg, summary: dict, traces_info: dict) -> Path:
+    settings = config_dict(cfg)  # secret fields are already left out
+    teacher = traces_info.get("teacher") or "unknown (the traces do not name it)"
+    kd_teacher = f"\n- KD teacher (logits): `{cfg.teacher}`" if cfg.method == "kd" else ""
+    rows = "\n".join(f"| `{k}` | {_number(settings[k])} |" for k in CARD_SETTINGS
+                     if k in settings and (k.startswith("lora_") is False or cfg.lora)
+                     and (k.startswith("kd_") is False or cfg.method == "kd"))
+    data_rows = "\n".join(f"| {k.replace('_', ' ')} | {_number(v)} |" for k, v in traces_info.items()
+                          if k not in ("teacher",) and v is not None and not isinstance(v, dict))
+    dropped = traces_info.get("generate_dropped")
+    dropped_line = ("\nDropped by `distill generate`: " + ", ".join(f"{k} {v}" for k, v in dropped.items())
+                    + ".\n") if isinstance(dropped, dict) and dropped else ""
+    final = summary.get("final", {})
+    base_model = "" if Path(cfg.student).exists() else f"base_model: {cfg.student}\n"  # hub ids only
+    name = Path(cfg.out).resolve().name
+    text = f"""---
+{base_model}library_name: transformers
+pipeline_tag: text-generation
+tags:
+- distill-edge
+- reasoning
+- distillation
+---
+
+# {name}: a reasoning student of `{cfg.student}`
+
+Fine-tuned by `distill train` ({'logit distillation + ' if cfg.method == 'kd' else ''}supervised fine-tuning{', LoRA merged' if cfg.lora else ', full'}) on chain-of-thought traces written by a
+teacher model and verified against reference answers.
+
+- Teacher (traces): `{teacher}`{kd_teacher}
+- Student (base): `{cfg.student}`
+
+The model thinks inside `<think> ... </think>`, then answers; it was trained to end its turn
+with `{summary.get('end_of_turn')}`, which `generation_config.json` names as the end-of-sequence token.
+
+## Traces
+
+| | |
+|---|---|
+{data_rows}
+{dropped_line}
+## Training
+
+| setting | value |
+|---|---|
+{rows}
+
+Trained {summary.get('steps')} optimizer steps ({_number(summary.get('epochs'))} epochs) on
+{summary['samples']['train']} traces ({summary['samples']['heldout']} held out, {summary['samples']['too_long']} longer than
+`max_seq_len` dropped); {summary.get('tokens_seen')} tokens seen, {_number(summary.get('tokens_per_second'))} tokens/s on
+{summary.get('device')}; padding {100 * summary.get('padding_fraction', 0):.1f}% of the positions computed.
+Final loss per trained token: train {_number(final.get('train_loss'))}, held-out {_number(final.get('heldout_loss'))}
+(`loss.png`, `train_summary.json`).
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("{name}")
+model = AutoModelForCausalLM.from_pretrained("{name}")
+messages = [{{"role": "user", "content": "..."}}]
+prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "<think>\\n"
+ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+print(tok.decode(model.generate(**ids, max_new_tokens=1024)[0][ids.input_ids.shape[1]:]))
+```
+
+For laptops and Raspberry Pis, `distill export --model {cfg.out}` writes GGUF and ONNX files.
+"""
+    return write_text(path, text)

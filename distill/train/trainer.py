@@ -1,0 +1,167 @@
+"""The Hugging Face Trainer with the loss this stage needs, so that `accelerate launch` runs it
+data-parallel, FSDP or DeepSpeed ZeRO without code changes.
+
+The loss is computed here rather than by the model: logits are only projected for trained
+positions (prompt and padding positions never reach the vocabulary matrix), the targets come
+per sample from the collator (packing-safe), and logit distillation adds the teacher's term."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from distill.core import progress
+
+from .batching import count_tokens
+from .chat_format import IGNORE
+from .losses import cross_entropy_sum, distillation_sum
+
+
+def loss_sums(model, batch: dict, teacher=None, kd: tuple = (0.5, 1.0, "forward_kl")):
+    """(loss, CE, KD divergence, trained tokens) of one batch, each summed over its trained
+    tokens; without a teacher the loss is the CE and the other two are None."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}
+    trained = batch["shift_labels"].ne(IGNORE)
+    wanted = batch["shift_labels"][trained]
+    logits = model(**inputs, use_cache=False, logits_to_keep=trained).logits
+    logits = logits.reshape(-1, logits.shape[-1])
+    if teacher is None:
+        return cross_entropy_sum(logits, wanted), None, None, int(wanted.numel())
+    with torch.no_grad():
+        teacher_logits = teacher(**inputs, use_cache=False, logits_to_keep=trained).logits
+    alpha, temperature, kind = kd
+    total, ce, divergence = distillation_sum(logits, teacher_logits.reshape(-1, teacher_logits.shape[-1]),
+                                             wanted, alpha, temperature, kind)
+    return total, ce, divergence, int(wanted.numel())
+
+
+class DistillTrainer(Trainer):
+    # The loss is divided by the trained-token count of the whole accumulated batch (from the
+    # Trainer's `num_items_in_batch`), so the Trainer must not divide it again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, teacher=None, kd_alpha: float = 0.5, kd_temperature: float = 1.0,
+                 kd_loss: str = "forward_kl", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True  # makes the Trainer count trained tokens per step
+        self.teacher = teacher
+        self.kd = (kd_alpha, kd_temperature, kd_loss)
+        self.real_tokens = 0      # this process, this session: for tokens/s and padding
+        self.positions = 0
+        self.parts = {"ce": 0.0, "kd": 0.0, "tokens": 0}
+        if teacher is not None:
+            self.teacher = teacher.to(self.args.device).eval()
+            self.teacher.requires_grad_(False)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            real, positions = count_tokens(inputs)
+            self.real_tokens += real
+            self.positions += positions
+        total, ce, kd, count = loss_sums(model, inputs, self.teacher, self.kd)
+        if model.training and kd is not None:
+            self.parts["ce"] += ce.item()
+            self.parts["kd"] += kd.item()
+            self.parts["tokens"] += count
+        loss = total / (num_items_in_batch if num_items_in_batch is not None else count)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # devices' gradients are averaged, counts summed
+        return (loss, {}) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if self.parts["tokens"] and "loss" in logs:
+            logs["ce"] = round(self.parts["ce"] / self.parts["tokens"], 4)
+            logs["kd"] = round(self.parts["kd"] / self.parts["tokens"], 4)
+            self.parts = {"ce": 0.0, "kd": 0.0, "tokens": 0}
+        super().log(logs, *args, **kwargs)
+
+
+class StepClock(TrainerCallback):
+    """Seconds spent in optimizer steps (held-out evaluation and checkpointing excluded)."""
+
+    def __init__(self):
+        self.seconds, self._start = 0.0, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+
+class RichProgress(TrainerCallback):
+    """One rich progress bar with the latest losses (silent with --quiet)."""
+
+    def __init__(self):
+        self._stack = contextlib.ExitStack()
+        self._bar = self._task = None
+        self._shown = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if progress.QUIET or not state.is_world_process_zero:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        self._bar = self._stack.enter_context(Progress(
+            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), console=progress.console))
+        self._task = self._bar.add_task("training", total=state.max_steps, completed=state.global_step, losses="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._bar is not None:
+            self._bar.update(self._task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._bar is None or not logs:
+            return
+        for key, label in (("loss", "loss"), ("eval_loss", "held-out")):
+            if key in logs:
+                self._shown[label] = logs[key]
+        self._bar.update(self._task, losses="  ".join(f"{k} {v:.3f}" for k, v in self._shown.items()))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._stack.close()
+        self._bar = None
+
+
+def training_arguments(cfg, output_dir: str, use_gpu: bool, bf16: bool, gradient_checkpointing: bool,
+                       eval_steps: int | None) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=bf16,
+        use_cpu=not use_gpu,
+        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        prediction_loss_only=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        save_only_model=False,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=True,
+        log_level="error",
+        ddp_find_unused_parameters=False,
+    )
