@@ -8,8 +8,9 @@ Outputs in `--out` (with `--shard I/N`: in `--out/shard-I-of-N`; `--merge` combi
   reasoning_channel (a server's `reasoning_content`, else null), prefill, reasoning, answer,
   extracted, think_closed, verified, kept, drop_reason, pass_rate, finish_reason, prompt_tokens,
   completion_tokens, ttft_s, decode_s, gen_wall_s, teacher, sampling.
-- `traces/`: the kept samples, a `datasets.save_to_disk` folder (`load_from_disk` reads it, and
-  `load_dataset(path)` reads its arrow file). Columns, the input of `distill train`:
+- `traces/`: the kept samples, a `datasets.save_to_disk` folder with one arrow file:
+  `load_from_disk("OUT/traces")`, or `load_dataset("arrow", data_files="OUT/traces/*.arrow",
+  split="train")`. Columns, the input of `distill train`:
     id                 str    the sample id (also in samples.jsonl)
     prompt_id          str    the problem's id
     sample_index       int32  which of the n samples of the problem
@@ -38,24 +39,24 @@ writing its record, so `distill run` does not take it as finished.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from distill.core.chat import load_prompt_template
-from distill.core.errors import UserError
-from distill.core.io import read_jsonl, repair_jsonl_tail
-from distill.core.problems import load_problems
-from distill.core.progress import info
-from distill.core.records import StageRecord
-from eval.backends import Sampling
-
 from .config import GenerateConfig
-from .merge import merge_shards
-from .outputs import decide_and_save, write_outputs
-from .settings import filter_settings
-from .teacher import plan, sample_teacher, select_shard, shard_dir, teacher_name
 
 
 def run(cfg: GenerateConfig) -> dict:
+    # imported here so that `distill --help`, which imports the config, stays fast
+    from distill.core.chat import load_prompt_template
+    from distill.core.errors import UserError
+    from distill.core.io import read_jsonl, repair_jsonl_tail
+    from distill.core.problems import load_problems
+    from distill.core.progress import info
+    from distill.core.records import StageRecord
+    from eval.backends import Sampling
+
+    from .merge import merge_shards
+    from .outputs import decide_and_save, write_outputs
+    from .settings import filter_settings
+    from .teacher import plan, sample_teacher, select_shard, shard_dir, teacher_name
+
     if cfg.merge:
         return merge_shards(cfg)
     if not cfg.teacher:

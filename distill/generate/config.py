@@ -29,7 +29,7 @@ class GenerateConfig:
     seed: int = option(0, "Random seed")
     prompt_template: str = option("r1", "User-turn template: a bundled name (r1, plain), a file, or text with {problem}")
     shard: Optional[str] = option(None, "Process only shard I/N of the prompts (e.g. 0/4)")
-    merge: bool = option(False, "Merge the shard folders out/shard-*-of-N into out")
+    merge: bool = option(False, "Merge the shard folders out/shard-*-of-N into out (the filter flags given with --merge apply)")
     batch_size: int = option(16, "Sequences generated together, samples of one prompt included (hf)")
     concurrency: int = option(8, "Requests in flight (openai)")
     max_retries: int = option(6, "Retries per request on 429, 5xx and timeouts (openai)")

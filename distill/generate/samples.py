@@ -41,7 +41,12 @@ def parse_completion(completion, prefill: str) -> Response:
         stray = THINK_OPEN in content
         answer = content.strip()
         return Response(completion.reasoning.strip(), answer, not stray, extract_answer(answer))
-    return split_response(completion.text, prefill)
+    text = completion.text
+    if not prefill and THINK_CLOSE in text and THINK_OPEN not in text:
+        # the server's chat template opened the block (DeepSeek-R1's does) and the content
+        # starts inside it
+        prefill = f"{THINK_OPEN}\n"
+    return split_response(text, prefill)
 
 
 def build_row(*, sid: str, problem: dict, user_text: str, index: int, completion, prefill: str,

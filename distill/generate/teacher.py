@@ -4,7 +4,7 @@ names, and appending each prompt's samples to samples.jsonl the moment they are 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from distill.core.chat import prefill_of, user_message
@@ -70,6 +70,22 @@ def load_teacher(cfg):
     return load_backend(cfg.teacher, **options)
 
 
+def missing_runs(jobs: list[Job], existing: dict) -> dict[tuple[int, int], list[int]]:
+    """Group the missing samples as (first index, count) -> job numbers. Sample j is seeded
+    with seed + j, so a run of missing indices is one `generate` call with n = count and the
+    seed shifted to the run's first index; a fresh job is a single run (0, n)."""
+    runs: dict[tuple[int, int], list[int]] = {}
+    for number, job in enumerate(jobs):
+        missing = [j for j, sid in enumerate(job.ids) if sid not in existing]
+        while missing:
+            end = 0
+            while end + 1 < len(missing) and missing[end + 1] == missing[end] + 1:
+                end += 1
+            runs.setdefault((missing[0], end + 1), []).append(number)
+            missing = missing[end + 1:]
+    return runs
+
+
 def sample_teacher(cfg, jobs: list[Job], existing: dict[str, dict], sampling: Sampling,
                    settings: FilterSettings, samples_path: Path) -> list[str]:
     """Generate the missing samples of `jobs`, appending them to `samples_path` prompt by prompt.
@@ -81,32 +97,36 @@ def sample_teacher(cfg, jobs: list[Job], existing: dict[str, dict], sampling: Sa
     for row in existing.values():
         if row.get("kept"):
             dedup.add(row)
+    runs = missing_runs(jobs, existing)
     failures: list[str] = []
     backend = load_teacher(cfg)
     try:
-        prompts = [backend.render(job.user_text) for job in jobs]
+        rendered = {n: backend.render(jobs[n].user_text) for group in runs.values() for n in group}
         clock = {"last": time.perf_counter()}
-        with JsonlAppender(samples_path) as out, progress_bar("generate", len(jobs)) as advance:
+        total = sum(len(group) for group in runs.values())
+        with JsonlAppender(samples_path) as out, progress_bar("generate", total) as advance:
+            for (first, count), group in runs.items():
 
-            def on_done(i: int, completions: list) -> None:
-                job, prefill = jobs[i], prefill_of(prompts[i])
-                now = time.perf_counter()
-                wall, clock["last"] = now - clock["last"], now
-                fresh = [(j, c) for j, c in enumerate(completions)
-                         if c.error is None and job.ids[j] not in existing]
-                failures.extend(f"{job.problem['id']} sample {j}: {c.error}"
-                                for j, c in enumerate(completions) if c.error is not None)
-                rows = [build_row(sid=job.ids[j], problem=job.problem, user_text=job.user_text,
-                                  index=j, completion=c, prefill=prefill, teacher=teacher,
-                                  sampling=record, wall_s=wall / max(len(fresh), 1))
-                        for j, c in fresh]
-                have = [existing[sid] for sid in job.ids if sid in existing]
-                decide_prompt(have + rows, settings, dedup)
-                out.write_many(rows)
-                existing.update((r["id"], r) for r in rows)
-                advance()
+                def on_done(i: int, completions: list, first=first, group=group) -> None:
+                    job, prefill = jobs[group[i]], prefill_of(rendered[group[i]])
+                    now = time.perf_counter()
+                    wall, clock["last"] = now - clock["last"], now
+                    done = [(first + k, c) for k, c in enumerate(completions)]
+                    fresh = [(j, c) for j, c in done if c.error is None and job.ids[j] not in existing]
+                    failures.extend(f"{job.problem['id']} sample {j}: {c.error}"
+                                    for j, c in done if c.error is not None)
+                    rows = [build_row(sid=job.ids[j], problem=job.problem, user_text=job.user_text,
+                                      index=j, completion=c, prefill=prefill, teacher=teacher,
+                                      sampling=record, wall_s=wall / max(len(fresh), 1))
+                            for j, c in fresh]
+                    have = [existing[sid] for sid in job.ids if sid in existing]
+                    decide_prompt(have + rows, settings, dedup)
+                    out.write_many(rows)
+                    existing.update((r["id"], r) for r in rows)
+                    advance()
 
-            backend.generate(prompts, sampling, on_done=on_done)
+                run_sampling = replace(sampling, n=count, seed=sampling.seed + first)
+                backend.generate([rendered[n] for n in group], run_sampling, on_done=on_done)
     finally:
         backend.close()
     return failures

@@ -43,8 +43,9 @@ class FakeOpenAI:
     def __init__(self, respond: Callable[[str, dict], dict] = default_respond,
                  faults: dict[str, float] | None = None, seed: int = 0, delay: float = 0.0,
                  stall_s: float = 3.0, reject_seed: bool = False, api_key: str | None = None,
-                 usage: bool = True):
+                 usage: bool = True, fail_when: Callable[[str], bool] | None = None):
         self.respond, self.faults = respond, dict(faults or {})
+        self.fail_when = fail_when  # user text -> answer HTTP 500, every time
         self.rng, self.lock = random.Random(seed), threading.Lock()
         self.delay, self.stall_s = delay, stall_s
         self.reject_seed, self.api_key, self.usage = reject_seed, api_key, usage
@@ -115,6 +116,8 @@ class FakeOpenAI:
         if self.reject_seed and "seed" in body:
             return handler._json(400, {"error": {"message": "Unrecognized request argument supplied: seed"}})
         fault = self._roll()
+        if self.fail_when is not None and self.fail_when(body["messages"][-1]["content"]):
+            fault = "error500"
         if self.delay:
             time.sleep(self.delay)
         stream = bool(body.get("stream"))
