@@ -1,0 +1,117 @@
+"""`distill export`: turn a trained student into GGUF and ONNX files that edge runtimes load,
+check each against the source model, and package them for a target device.
+
+Everything is built in a hidden temporary folder beside `--out` and renamed into place at the
+end: a bad request or a crash leaves nothing that looks finished."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from distill.core.errors import GateFailed
+from distill.core.io import TMP_PREFIX, atomic_dir, sha256_path, write_json
+from distill.core.progress import info
+from distill.core.records import StageRecord
+
+from .build import build_ggufs, build_onnx_folders, validate_all
+from .config import ExportConfig
+from .gguf_writer import describe_gguf
+from .package import artifact_entry, chat_template_of, now, tool_versions, write_card_files, write_tarball
+from .plan import check_out_folder, choose_context, choose_formats, precheck_fit, require_runtimes
+from .profiles import fit_report, load_profile, memory_need, profile_summary, require_fit
+from .reference import build_reference
+from .source import model_facts, resolve_model
+
+
+def run(config: ExportConfig) -> dict:
+    # Everything that can be wrong with the request is found before any work starts.
+    out = Path(config.out)
+    check_out_folder(out, config.overwrite)
+    profile = load_profile(config.target) if config.target else None
+    gguf_types, onnx_precisions = choose_formats(config, profile)
+    require_runtimes(gguf_types, onnx_precisions, config.validate)
+    threads = config.threads or os.cpu_count() or 1
+    out_existed = out.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.work.", dir=out.parent))
+    try:
+        folder, hf_config, merged = resolve_model(config.model, work, config.trust_remote_code)
+        facts = model_facts(folder, hf_config)
+        context = choose_context(config, profile, facts)
+        precheck_fit(facts, gguf_types, onnx_precisions, profile, context)
+
+        with StageRecord("export", config, out) as rec:
+            with atomic_dir(out, overwrite=True) as build:
+                reference = None
+                if config.validate:
+                    info("Computing the reference outputs of the source model")
+                    reference = build_reference(folder, new_tokens=16, trust_remote_code=config.trust_remote_code)
+
+                artifacts, vocab, base_f16 = build_ggufs(config, folder, hf_config, facts, gguf_types, build,
+                                                         work, threads)
+                artifacts += build_onnx_folders(config, folder, onnx_precisions, build, work, context)
+
+                results, base_result = ({}, None) if reference is None else validate_all(
+                    artifacts, reference, base_f16, threads, config.max_quant_kld)
+                failures = [f"base f16: {f}" for f in (base_result or {}).get("failures", [])]
+                entries = []
+                for path, fmt, quant in artifacts:
+                    entry = artifact_entry(build, path, fmt, quant)
+                    if fmt == "gguf":
+                        entry.update(describe_gguf(path))
+                    if path in results:
+                        entry["validation"] = results[path]
+                        failures += [f"{entry['path']}: {f}" for f in results[path]["failures"]]
+                    if profile:
+                        entry["fit"] = fit_report(facts, fmt, entry["bytes"], profile, context)
+                        require_fit(entry["path"], entry["fit"], profile)
+                    else:
+                        entry["memory"] = memory_need(facts, fmt, entry["bytes"], context)
+                    entries.append(entry)
+
+                manifest = {
+                    "name": config.name,
+                    "created": now(),
+                    "source": {"path": str(config.model),
+                               "sha256": (rec.inputs.get("model") or {}).get("sha256") or sha256_path(config.model),
+                               "model_type": facts.model_type, "gguf_architecture": facts.arch,
+                               "parameters": facts.parameters, "dtype": facts.dtype, "lora_merged": merged},
+                    "tokenizer": vocab,
+                    "context_length": context,
+                    "target": profile_summary(profile),
+                    "tools": tool_versions(),
+                    "artifacts": entries,
+                    "validation": {"enabled": config.validate, "passed": not failures, "failures": failures,
+                                   **({"base_f16": base_result} if base_result else {})},
+                }
+                card_files = write_card_files(build, manifest, profile, chat_template_of(folder))
+                write_json(build / "manifest.json", manifest)
+                if config.tarball:
+                    members = [e["path"] for e in entries
+                               if profile is None or e["quant"] in getattr(profile, e["format"])]
+                    tar_name = f"{config.name}-{profile.name}.tar.gz" if profile else f"{config.name}.tar.gz"
+                    info(f"Packing {tar_name}")
+                    manifest["packages"] = [write_tarball(build, build / tar_name,
+                                                          members + card_files + ["manifest.json"])]
+                    write_json(build / "manifest.json", manifest)
+
+            rec.outputs = [out / e["path"] for e in entries] + [out / "manifest.json"] + \
+                [out / f for f in card_files] + [out / p["path"] for p in manifest.get("packages", [])]
+            rec.result = {"artifacts": [{k: e[k] for k in ("path", "format", "quant", "bytes")} for e in entries],
+                          "validation_passed": not failures}
+            if failures:
+                # The folder and its manifest stay for inspection; raising here keeps the stage
+                # record from being written, so `distill run` does not take this export as done.
+                raise GateFailed(f"{out / 'manifest.json'}: validation failed: {failures[0]}"
+                                 + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
+        info(f"[green]✓[/] {len(entries)} artifacts in {out}")
+        return {"out": str(out), **rec.result}
+    except BaseException:
+        if not out_existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 from distill.core.config import option
+from distill.core.errors import UserError
 
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
-ONNX_PRECISIONS = ("fp32", "fp16", "int4")
+# The float types the GGUF writer produces itself; every other type is made from the f16 file by
+# llama.cpp's own quantizer.
+GGUF_FLOAT_TYPES = ("f32", "f16", "bf16")
+GGUF_QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0",
+                    "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
+GGUF_TYPES = GGUF_FLOAT_TYPES + GGUF_QUANT_TYPES
+ONNX_PRECISIONS = ("fp32", "int4")
 DEFAULT_GGUF = ("f16", "q8_0", "q4_k_m")
 DEFAULT_ONNX = ("int4",)
+# tokenizer.ggml.pre values that llama.cpp implements for byte-level BPE vocabularies like ours.
+GGUF_PRE_TOKENIZERS = ("qwen2", "llama-bpe", "llama3", "smollm", "gpt-2", "deepseek-r1-qwen",
+                       "deepseek-llm", "starcoder", "refact", "olmo", "gpt-4o", "default")
 
 
 @dataclass
@@ -19,12 +29,35 @@ class ExportConfig:
     out: str = option("export", "Output folder")
     gguf: list[str] = option([], f"GGUF types, comma-separated ({', '.join(GGUF_TYPES)})")
     onnx: list[str] = option([], f"ONNX precisions, comma-separated ({', '.join(ONNX_PRECISIONS)})")
-    target: Optional[str] = option(None, "Device profile (rpi5-8gb, rpi4-4gb, laptop-cpu, ...) choosing formats and context length")
-    context_length: Optional[int] = option(None, "Context length the artifacts are checked to fit (default: the profile's)")
-    name: str = option("model", "Base name of the artifacts")
+    target: Optional[str] = option(None, "Device profile (rpi5-8gb, rpi4-4gb, laptop-cpu, or a YAML file) adding its formats, context length and memory check")
+    context_length: Optional[int] = option(None, "Context length the artifacts are checked to fit (default: the profile's, at most the model's)")
+    name: str = option("model", "Base name of the artifacts (<name>-<quant>.gguf, <name>-onnx-<precision>/)")
     gguf_pre: Optional[str] = option(None, "Override tokenizer.ggml.pre (default: detected from the tokenizer)")
     validate: bool = option(True, "Check every artifact against the source model")
+    max_quant_kld: float = option(1.0, "Fail when a quantized GGUF's mean KL divergence from the f16 one exceeds this (nats)")
     overwrite: bool = option(False, "Replace an existing output folder")
-    tarball: bool = option(False, "Also write a .tar.gz per target")
-    threads: Optional[int] = option(None, "CPU threads for validation (default: all cores)")
+    tarball: bool = option(False, "Also write a .tar.gz with the target's artifacts")
+    threads: Optional[int] = option(None, "CPU threads for quantization and validation (default: all cores)")
     trust_remote_code: bool = option(False, "Allow model repositories to run their own code")
+
+    def check(self) -> None:
+        self.gguf = [t.strip().lower() for t in self.gguf]
+        self.onnx = [p.strip().lower() for p in self.onnx]
+        for kind in self.gguf:
+            if kind not in GGUF_TYPES:
+                raise UserError(f"field 'gguf': unknown GGUF type '{kind}' (valid: {', '.join(GGUF_TYPES)})")
+        for precision in self.onnx:
+            if precision not in ONNX_PRECISIONS:
+                raise UserError(f"field 'onnx': unknown ONNX precision '{precision}' "
+                                f"(valid: {', '.join(ONNX_PRECISIONS)})")
+        if self.gguf_pre is not None and self.gguf_pre not in GGUF_PRE_TOKENIZERS:
+            raise UserError(f"field 'gguf_pre': unknown pre-tokenizer '{self.gguf_pre}' "
+                            f"(valid: {', '.join(GGUF_PRE_TOKENIZERS)})")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name or ""):
+            raise UserError(f"field 'name': '{self.name}' must be letters, digits, '.', '_' or '-'")
+        if self.context_length is not None and self.context_length < 1:
+            raise UserError(f"field 'context_length': must be positive, got {self.context_length}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"field 'threads': must be positive, got {self.threads}")
+        if self.max_quant_kld <= 0:
+            raise UserError(f"field 'max_quant_kld': must be positive, got {self.max_quant_kld}")

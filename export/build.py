@@ -1,0 +1,78 @@
+"""The build steps of `distill export`: write the float GGUFs, quantize, run the ONNX builder, and
+validate everything (f16 first, since every quantized file is compared with it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from distill.core.progress import info
+
+from .config import GGUF_FLOAT_TYPES, ExportConfig
+from .gguf_writer import write_gguf
+from .onnx_export import build_onnx
+from .plan import needs_base_f16
+from .quantize import quantize
+from .reference import Reference
+from .source import ModelFacts
+from .validate import check_gguf, check_onnx
+
+Artifact = tuple[Path, str, str]  # (path, format, quant)
+
+
+def build_ggufs(config: ExportConfig, folder: Path, hf_config: dict, facts: ModelFacts,
+                gguf_types: list[str], build: Path, work: Path, threads: int
+                ) -> tuple[list[Artifact], dict, Optional[Path]]:
+    """The GGUF files, the vocabulary facts, and the f16 file kept aside for quantizing when f16
+    itself was not asked for."""
+    artifacts: list[Artifact] = []
+    vocab: dict = {}
+    base_f16 = work / "base-f16.gguf" if needs_base_f16(gguf_types) and "f16" not in gguf_types else None
+    for ftype in [t for t in gguf_types if t in GGUF_FLOAT_TYPES]:
+        path = build / f"{config.name}-{ftype}.gguf"
+        info(f"Writing {path.name}")
+        vocab = write_gguf(folder, hf_config, facts, path, ftype, config.name, config.gguf_pre,
+                           config.trust_remote_code)
+        artifacts.append((path, "gguf", ftype))
+    if base_f16 is not None:
+        info("Writing the f16 GGUF that the quantized files are made from")
+        vocab = write_gguf(folder, hf_config, facts, base_f16, "f16", config.name, config.gguf_pre,
+                           config.trust_remote_code)
+    source = base_f16 or build / f"{config.name}-f16.gguf"
+    for quant in [t for t in gguf_types if t not in GGUF_FLOAT_TYPES]:
+        path = build / f"{config.name}-{quant}.gguf"
+        info(f"Quantizing {path.name} with llama.cpp")
+        quantize(source, path, quant, threads, work / "quantize.log")
+        artifacts.append((path, "gguf", quant))
+    return artifacts, vocab, base_f16
+
+
+def build_onnx_folders(config: ExportConfig, folder: Path, precisions: list[str], build: Path,
+                       work: Path, context: int) -> list[Artifact]:
+    artifacts = []
+    for precision in precisions:
+        path = build / f"{config.name}-onnx-{precision}"
+        info(f"Building {path.name} with onnxruntime-genai's model builder")
+        build_onnx(folder, path, precision, work, work / f"onnx-{precision}.log", context,
+                   config.trust_remote_code)
+        artifacts.append((path, "onnx", precision))
+    return artifacts
+
+
+def validate_all(artifacts: list[Artifact], reference: Reference, base_f16: Optional[Path],
+                 threads: int, max_quant_kld: float) -> tuple[dict[Path, dict], Optional[dict]]:
+    """Validation result per artifact path, and that of the hidden base f16 file if there is one."""
+    results: dict[Path, dict] = {}
+    f16_logits, base_result = None, None
+    if base_f16 is not None:
+        info("Checking the base f16 GGUF against the source model")
+        base_result, f16_logits = check_gguf(base_f16, "f16", reference, threads, None, max_quant_kld)
+    for path, fmt, quant in sorted(artifacts, key=lambda a: (a[1] != "gguf", a[2] != "f16")):
+        info(f"Validating {path.name}")
+        if fmt == "onnx":
+            results[path] = check_onnx(path, quant, reference)
+            continue
+        results[path], logits = check_gguf(path, quant, reference, threads, f16_logits, max_quant_kld)
+        if quant == "f16":
+            f16_logits = logits
+    return results, base_result

@@ -1,0 +1,223 @@
+"""A GGUF writer for dense llama, qwen2 and qwen3 models, built on the gguf package's own
+GGUFWriter and tensor name maps.
+
+Tensors are streamed: the header and tensor table are written from the safetensors metadata,
+then each tensor is read, converted and written on its own, so memory holds one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import gguf
+import numpy as np
+
+from distill.core.errors import UserError
+from distill.core.progress import track
+
+from .gguf_vocab import add_vocab
+from .source import ModelFacts, rope_parameters, safetensors_files
+
+FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+              "bf16": gguf.LlamaFileType.MOSTLY_BF16}
+MATRIX_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+                "bf16": gguf.GGMLQuantizationType.BF16}
+ARCHES = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
+logging.getLogger("gguf").setLevel(logging.WARNING)  # it logs every file plan at INFO
+
+
+@dataclass
+class PlannedTensor:
+    name: str                                  # GGUF name
+    shape: tuple[int, ...]
+    qtype: gguf.GGMLQuantizationType
+    load: Callable[[], "np.ndarray"]           # reads and converts the tensor when called
+
+
+def permute_rotary(w, n_head: int):
+    """Reorder q/k rows from Hugging Face's rotate-half layout to the interleaved pairs that
+    llama.cpp's `llama` architecture rotates (qwen2/qwen3 use the NeoX layout and need none)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_factors(params: dict, head_dim: int) -> "np.ndarray":
+    """Per-frequency divisors equivalent to transformers' llama3 RoPE scaling."""
+    base = params["rope_theta"]
+    factor = params["factor"]
+    low, high = params.get("low_freq_factor", 1.0), params.get("high_freq_factor", 4.0)
+    old_ctx = params.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * base ** (i / head_dim)
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
+
+
+def add_hparams(writer: gguf.GGUFWriter, config: dict, facts: ModelFacts, ftype: str, name: str) -> Optional["np.ndarray"]:
+    """Model keys; returns the llama3 rope factors tensor when the config asks for one."""
+    where = "config.json"
+    if config.get("use_sliding_window"):
+        raise UserError(f"{where}: use_sliding_window is true, which llama.cpp's {facts.arch} does not implement")
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    writer.add_block_count(facts.layers)
+    writer.add_context_length(facts.max_positions)
+    writer.add_embedding_length(facts.hidden)
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(facts.heads)
+    writer.add_head_count_kv(facts.kv_heads)
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    if config.get("head_dim") or facts.head_dim * facts.heads != facts.hidden:
+        writer.add_key_length(facts.head_dim)
+        writer.add_value_length(facts.head_dim)
+    if facts.arch == "llama":
+        writer.add_vocab_size(facts.vocab_size)
+        writer.add_rope_dimension_count(facts.head_dim)
+    rope = rope_parameters(config)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    rope_type = rope.get("rope_type", "default")
+    factors = None
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    elif rope_type == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(rope.get("original_max_position_embeddings", facts.max_positions)))
+    elif rope_type == "llama3":
+        factors = llama3_rope_factors(rope, facts.head_dim)
+    elif rope_type != "default":
+        raise UserError(f"{where}: RoPE type '{rope_type}' is not supported (default, linear, yarn, llama3)")
+    writer.add_file_type(FILE_TYPES[ftype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    return factors
+
+
+def _convert(tensor, qtype: gguf.GGMLQuantizationType) -> "np.ndarray":
+    import torch
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return tensor.to(torch.float32).numpy()
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return tensor.to(torch.float16).numpy()
+    return tensor.to(torch.bfloat16).view(torch.int16).numpy()
+
+
+def plan_tensors(folder: Path, config: dict, facts: ModelFacts, ftype: str,
+                 rope_factors: Optional["np.ndarray"]) -> list[PlannedTensor]:
+    from safetensors import safe_open
+
+    name_map = gguf.get_tensor_name_map(ARCHES[facts.arch], facts.layers)
+    plan: list[PlannedTensor] = []
+    seen = set()
+    for path in safetensors_files(folder):
+        with safe_open(path, framework="pt") as st:
+            keys = list(st.keys())
+            shapes = {k: tuple(st.get_slice(k).get_shape()) for k in keys}
+        for key in keys:
+            if key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and facts.tied):
+                continue
+            gguf_name = name_map.get_name(key, try_suffixes=(".weight", ".bias"))
+            if gguf_name is None:
+                raise UserError(f"{path}: tensor '{key}' has no place in a GGUF {facts.arch} model")
+            shape = shapes[key]
+            heads = None
+            if facts.arch == "llama" and key.endswith(("q_proj.weight", "q_proj.bias")):
+                heads = facts.heads
+            elif facts.arch == "llama" and key.endswith(("k_proj.weight", "k_proj.bias")):
+                heads = facts.kv_heads
+            # llama.cpp keeps vectors and norms in F32 whatever the file type.
+            small = len(shape) <= 1 or gguf_name.endswith("_norm.weight")
+            qtype = gguf.GGMLQuantizationType.F32 if small else MATRIX_TYPES[ftype]
+
+            def load(path=path, key=key, heads=heads, qtype=qtype):
+                import torch
+                with safe_open(path, framework="pt") as st:
+                    t = st.get_tensor(key)
+                if heads is not None:
+                    t = permute_rotary(t.to(torch.float32), heads)
+                return _convert(t, qtype)
+
+            plan.append(PlannedTensor(gguf_name, shape, qtype, load))
+            seen.add(gguf_name)
+    if "token_embd.weight" not in seen:
+        raise UserError(f"{folder}: no token embedding (model.embed_tokens.weight) in the weights")
+    if not facts.tied and "output.weight" not in seen:
+        raise UserError(f"{folder}: tie_word_embeddings is false but there is no lm_head.weight")
+    if rope_factors is not None:
+        plan.append(PlannedTensor("rope_freqs.weight", rope_factors.shape, gguf.GGMLQuantizationType.F32,
+                                  lambda f=rope_factors: f))
+    return sorted(plan, key=_tensor_order)
+
+
+def _tensor_order(t: PlannedTensor) -> tuple:
+    parts = t.name.split(".")
+    if parts[0] == "blk":
+        return (1, int(parts[1]), t.name)
+    return (0 if t.name.startswith(("token_embd", "rope_freqs")) else 2, 0, t.name)
+
+
+def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * (4 if qtype == gguf.GGMLQuantizationType.F32 else 2)
+
+
+def write_gguf(folder: Path, config: dict, facts: ModelFacts, out_path: Path, ftype: str, name: str,
+               pre: Optional[str] = None, trust_remote_code: bool = False) -> dict:
+    """Write `folder` as a GGUF file of type f32, f16 or bf16; returns the vocabulary facts."""
+    writer = gguf.GGUFWriter(path=None, arch=facts.arch)
+    rope_factors = add_hparams(writer, config, facts, ftype, name)
+    vocab = add_vocab(writer, folder, facts.vocab_size, pre, trust_remote_code)
+    plan = plan_tensors(folder, config, facts, ftype, rope_factors)
+    for t in plan:
+        dtype = np.float32 if t.qtype == gguf.GGMLQuantizationType.F32 else np.float16
+        raw = t.qtype if t.qtype == gguf.GGMLQuantizationType.BF16 else None
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.int16) if raw else np.dtype(dtype),
+                               _nbytes(t.shape, t.qtype), raw_dtype=raw)
+    try:
+        writer.write_header_to_file(path=out_path)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in track(plan, f"Writing {out_path.name}"):
+            data = t.load()
+            if tuple(data.shape) != tuple(t.shape):
+                raise UserError(f"{folder}: tensor {t.name} changed shape while reading")
+            writer.write_tensor_data(data)
+            del data
+    finally:
+        writer.close()
+    return vocab
+
+
+def describe_gguf(path: Path) -> dict:
+    """What llama.cpp will find in the file: tensor types actually used and key metadata."""
+    reader = gguf.GGUFReader(path)
+    counts: dict[str, int] = {}
+    for t in reader.tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    field = reader.fields.get("general.file_type")
+    file_type = int(field.parts[field.data[0]][0]) if field else None
+    try:
+        file_type_name = gguf.LlamaFileType(file_type).name if file_type is not None else None
+    except ValueError:
+        file_type_name = str(file_type)
+    return {"tensor_types": dict(sorted(counts.items())), "tensors": len(reader.tensors),
+            "file_type": file_type_name}
+
+
+def gguf_string(path: Path, key: str) -> Optional[str]:
+    field = gguf.GGUFReader(path).fields.get(key)
+    return bytes(field.parts[field.data[0]]).decode("utf-8") if field else None
+

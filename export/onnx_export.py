@@ -1,0 +1,83 @@
+"""ONNX through onnxruntime-genai's model builder, run offline on the local folder in its own
+process (it loads the whole model in torch and prints a line per node), then completed so that
+`onnxruntime_genai.Model` finds the tokenizer, the chat template and our stop tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from distill.core.errors import UserError
+
+from .quantize import log_tail
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                   "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def builder_available() -> bool:
+    try:
+        import onnx_ir  # noqa: F401  (the builder imports it at the top)
+        import onnxruntime_genai.models.builder  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_onnx(folder: Path, out_dir: Path, precision: str, work: Path, log_path: Path,
+               context_length: Optional[int] = None, trust_remote_code: bool = False) -> None:
+    if not builder_available():
+        raise UserError("field 'onnx': the onnxruntime-genai model builder is not importable "
+                        "(pip install onnxruntime-genai onnx-ir)")
+    cache = work / f"onnx-cache-{precision}"
+    extra = ["hf_token=false"] + (["hf_remote=true"] if trust_remote_code else [])
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder),
+           "-o", str(out_dir), "-p", precision, "-e", "cpu", "-c", str(cache),
+           "--extra_options", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    with open(log_path, "ab") as log:
+        status = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    shutil.rmtree(cache, ignore_errors=True)
+    if status != 0 or not (out_dir / "genai_config.json").is_file():
+        raise RuntimeError(f"onnxruntime-genai's builder failed for {precision} (exit {status}): "
+                           f"{log_tail(log_path)}")
+    complete_folder(folder, out_dir, context_length)
+
+
+def complete_folder(folder: Path, out_dir: Path, context_length: Optional[int]) -> None:
+    """Tokenizer files and chat template beside the model, the student's stop tokens and the
+    context length the target was checked for in genai_config.json."""
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file() and not (out_dir / name).exists():
+            shutil.copy2(folder / name, out_dir / name)
+    template_file = out_dir / "chat_template.jinja"
+    config_file = out_dir / "tokenizer_config.json"
+    if template_file.is_file() and config_file.is_file():
+        # Older onnxruntime-genai releases read the template only from tokenizer_config.json.
+        tok_config = json.loads(config_file.read_text(encoding="utf-8"))
+        if not tok_config.get("chat_template"):
+            tok_config["chat_template"] = template_file.read_text(encoding="utf-8")
+            config_file.write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    genai_file = out_dir / "genai_config.json"
+    genai = json.loads(genai_file.read_text(encoding="utf-8"))
+    eos = _generation_eos(folder)
+    if eos:
+        genai["model"]["eos_token_id"] = eos if len(eos) > 1 else eos[0]
+    if context_length:
+        genai["search"]["max_length"] = min(context_length, genai["model"].get("context_length", context_length))
+    genai_file.write_text(json.dumps(genai, indent=4) + "\n", encoding="utf-8")
+
+
+def _generation_eos(folder: Path) -> list[int]:
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return []
+    eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    eos = eos if isinstance(eos, list) else [eos]
+    return [e for e in eos if isinstance(e, int)]

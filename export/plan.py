@@ -1,0 +1,80 @@
+"""Which artifacts to build and for which context length, decided (and checked) before any work,
+so that bad requests fail in a second with nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from distill.core.errors import UserError
+
+from .config import DEFAULT_GGUF, DEFAULT_ONNX, GGUF_FLOAT_TYPES, ExportConfig
+from .profiles import Profile, estimated_size, fit_report, require_fit
+from .source import ModelFacts
+
+DEFAULT_CONTEXT = 4096
+
+
+def _unique(items) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def choose_formats(config: ExportConfig, profile: Optional[Profile]) -> tuple[list[str], list[str]]:
+    """Explicit --gguf/--onnx lists plus the target profile's formats; with neither, the default
+    set (f16, q8_0, q4_k_m and ONNX int4)."""
+    gguf, onnx = list(config.gguf), list(config.onnx)
+    if profile:
+        gguf += profile.gguf
+        onnx += profile.onnx
+    if not gguf and not onnx:
+        gguf, onnx = list(DEFAULT_GGUF), list(DEFAULT_ONNX)
+    return _unique(gguf), _unique(onnx)
+
+
+def choose_context(config: ExportConfig, profile: Optional[Profile], facts: ModelFacts) -> int:
+    if config.context_length is not None:
+        if config.context_length > facts.max_positions:
+            raise UserError(f"field 'context_length': {config.context_length} is more than the model's "
+                            f"max_position_embeddings ({facts.max_positions})")
+        return config.context_length
+    wanted = profile.context_length if profile else DEFAULT_CONTEXT
+    # A profile's context is what the device can afford; the model may support less.
+    return min(wanted, facts.max_positions)
+
+
+def needs_base_f16(gguf: list[str]) -> bool:
+    return any(t not in GGUF_FLOAT_TYPES for t in gguf)
+
+
+def precheck_fit(facts: ModelFacts, gguf: list[str], onnx: list[str], profile: Optional[Profile],
+                 context: int) -> None:
+    """Estimated sizes against the budget: fail before building what cannot fit."""
+    if not profile:
+        return
+    for quant in gguf:
+        report = fit_report(facts, "gguf", estimated_size(facts, "gguf", quant), profile, context)
+        require_fit(f"GGUF {quant} (estimated)", report, profile)
+    for precision in onnx:
+        report = fit_report(facts, "onnx", estimated_size(facts, "onnx", precision), profile, context)
+        require_fit(f"ONNX {precision} (estimated)", report, profile)
+
+
+def require_runtimes(gguf: list[str], onnx: list[str], validate: bool) -> None:
+    if needs_base_f16(gguf) or (gguf and validate):
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise UserError("field 'gguf': quantizing and validating GGUF files needs llama-cpp-python "
+                            "(pip install llama-cpp-python), or pass --no-validate with float types only") from None
+    if onnx:
+        from .onnx_export import builder_available
+        if not builder_available():
+            raise UserError("field 'onnx': the onnxruntime-genai model builder is not importable "
+                            "(pip install onnxruntime-genai onnx-ir)")
+
+
+def check_out_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out: {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"out: {out}: already exists (pass --overwrite to replace it)")
