@@ -45,12 +45,12 @@ def _check_target(target: str) -> None:
 
 def load(target: str, dtype: str = "auto", trust_remote_code: bool = False, batch_size: int = 16,
          threads: int | None = None, device_map: str | None = None, **_unused) -> "HFBackend":
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     _check_target(target)
     if dtype not in DTYPES:
         raise UserError(f"dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     if threads:
         torch.set_num_threads(threads)
     gpu = torch.cuda.is_available()

@@ -176,6 +176,7 @@ class OpenAIBackend:
 
         attempt, last = 0, ""
         while True:
+            sent_seed = self.send_seed
             try:
                 return await asyncio.wait_for(self._request(client, user_text, sampling, seed),
                                               timeout=self.request_timeout)
@@ -183,7 +184,7 @@ class OpenAIBackend:
                 raise UserError(f"openai:{self.base_url}: {_describe(e)} (check the URL, "
                                 "--model and the API key variable)") from None
             except openai.BadRequestError as e:
-                if self.send_seed and "seed" in str(e).lower():
+                if sent_seed and "seed" in str(e).lower():
                     self.send_seed = False
                     continue
                 return Completion("", "error", error=_describe(e))

@@ -69,6 +69,8 @@ class FakeOpenAI:
                 self._json(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
             def do_POST(self):
+                # small SSE writes would otherwise wait for delayed ACKs (Nagle)
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fake.handle(self, body)
