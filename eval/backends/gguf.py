@@ -100,13 +100,17 @@ class GGUFBackend:
         if budget <= 0:
             return Completion("", "length", len(prompt_tokens), 0, ttft_s=0.0, decode_s=0.0)
         llm.set_seed(seed & 0xFFFFFFFF)
+        # evaluate the whole prompt every time: reusing a cached prefix re-evaluates its last
+        # token in a batch of another size, which changes the logits slightly and with them
+        # greedy near-ties, so the same prompt would not always give the same answer
+        llm.reset()
         out: list[int] = []
         tail = b""
         finish, first = "length", None
         started = time.perf_counter()
         for token in llm.generate(prompt_tokens, top_k=0, top_p=sampling.top_p if sampling.temperature else 1.0,
                                   min_p=0.0, typical_p=1.0, temp=sampling.temperature,
-                                  repeat_penalty=1.0, reset=True):
+                                  repeat_penalty=1.0, reset=False):
             now = time.perf_counter()
             first = first or now
             if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):

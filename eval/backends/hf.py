@@ -110,7 +110,7 @@ class HFBackend:
 
     def _generate_batch(self, token_lists: list[list[int]], sampling: Sampling) -> list[Completion]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteriaList
 
         width = max(len(t) for t in token_lists)
         input_ids = torch.full((len(token_lists), width), self.pad_id, dtype=torch.long)
@@ -119,34 +119,29 @@ class HFBackend:
             if tokens:
                 input_ids[row, width - len(tokens):] = torch.tensor(tokens)
                 attention[row, width - len(tokens):] = 1
-        steps: list[float] = []
-
-        class StepClock(StoppingCriteria):
-            """Never stops anything; notes when each token of the batch was produced."""
-            def __call__(self, ids, scores, **kwargs):
-                steps.append(time.perf_counter())
-                return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-
+        watch = _StepWatch(self.tokenizer, width, sampling.stop)
         started = time.perf_counter()
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
-                stopping_criteria=StoppingCriteriaList([StepClock()]), **self._sampling_kwargs(sampling))
-        new_tokens = output[:, width:].tolist()
+                stopping_criteria=StoppingCriteriaList([watch]), **self._sampling_kwargs(sampling))
         completions = []
-        for tokens, prompt in zip(new_tokens, token_lists):
+        for row, (tokens, prompt) in enumerate(zip(output[:, width:].tolist(), token_lists)):
             length = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
             finish = "stop" if length is not None else "length"
             if length is None:
                 length = len(tokens)
-                if length < sampling.max_new_tokens:  # stopped early by a stop string
-                    finish = "stop"
+            if row in watch.stopped_at and watch.stopped_at[row] <= length:
+                length, finish = watch.stopped_at[row], "stop"
             text = self.tokenizer.decode(tokens[:length], skip_special_tokens=False)
-            text, stopped = _cut_at_stop(text, sampling.stop)
+            cuts = [text.find(s) for s in sampling.stop if s and s in text]
+            if cuts:
+                text, finish = text[:min(cuts)], "stop"
+            steps = watch.times
             first = steps[0] if steps else time.perf_counter()
             last = steps[min(length, len(steps)) - 1] if steps and length else first
             completions.append(Completion(
-                text=text, finish_reason="stop" if stopped else finish, prompt_tokens=len(prompt),
+                text=text, finish_reason=finish, prompt_tokens=len(prompt),
                 completion_tokens=length, ttft_s=first - started, decode_s=last - first))
         return completions
 
@@ -157,8 +152,6 @@ class HFBackend:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
             kwargs.update(do_sample=False, temperature=1.0, top_p=1.0)
-        if sampling.stop:
-            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         return kwargs
 
     def close(self) -> None:
@@ -179,6 +172,28 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    cuts = [text.find(s) for s in stops if s and s in text]
-    return (text[:min(cuts)], True) if cuts else (text, False)
+class _StepWatch:
+    """A stopping criterion that notes when each token of the batch was produced and stops a
+    row when its generated text (never the prompt) contains a stop string."""
+
+    def __init__(self, tokenizer, prompt_width: int, stops: list[str]):
+        self.tokenizer, self.width = tokenizer, prompt_width
+        self.stops = [s for s in stops if s]
+        self.tail = max((len(s) for s in self.stops), default=0) + 2
+        self.times: list[float] = []
+        self.stopped_at: dict[int, int] = {}
+
+    def __call__(self, ids, scores, **kwargs):
+        import torch
+        self.times.append(time.perf_counter())
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        if self.stops:
+            generated = ids.shape[1] - self.width
+            for row in range(ids.shape[0]):
+                if row in self.stopped_at:
+                    continue
+                tail = ids[row, max(self.width, ids.shape[1] - self.tail):].tolist()
+                if any(s in self.tokenizer.decode(tail, skip_special_tokens=False) for s in self.stops):
+                    self.stopped_at[row] = generated
+                    done[row] = True
+        return done

@@ -144,7 +144,8 @@ class FakeOpenAI:
         user = body["messages"][-1]["content"]
         answer = self.respond(user, body)
         content = answer.get("content", "")
-        reasoning = answer.get("reasoning_content")
+        channel = "reasoning" if "reasoning" in answer else "reasoning_content"   # newer vLLM: "reasoning"
+        reasoning = answer.get(channel)
         finish = answer.get("finish_reason", "stop")
         tokens = answer.get("completion_tokens", len((reasoning or "").split()) + len(content.split()))
         usage = {"prompt_tokens": len(user.split()), "completion_tokens": tokens,
@@ -152,7 +153,7 @@ class FakeOpenAI:
         if not stream:
             message = {"role": "assistant", "content": content}
             if reasoning is not None:
-                message["reasoning_content"] = reasoning
+                message[channel] = reasoning
             with self.lock:
                 self.served[(user, body.get("seed"))] += 1
             return handler._json(200, {"id": "x", "object": "chat.completion", "created": 0,
@@ -172,7 +173,7 @@ class FakeOpenAI:
 
         try:
             event({"role": "assistant", "content": ""})
-            pieces = [("reasoning_content", p) for p in _split(reasoning or "")] + \
+            pieces = [(channel, p) for p in _split(reasoning or "")] + \
                      [("content", p) for p in _split(content)]
             for k, (field, piece) in enumerate(pieces):
                 if fault == "cut_stream" and k == len(pieces) // 2:
