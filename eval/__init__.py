@@ -8,6 +8,7 @@ samples.jsonl, report.json, report.md and the plots, print the table and apply t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from distill.core.chat import load_prompt_template, user_message
@@ -24,7 +25,8 @@ from .plots import BUDGET_PNG, TRADEOFF_PNG, plot_budget, plot_tradeoff
 from .report import SCHEMA_VERSION, print_table, result_row, write_reports
 from .samples import Row, SampleStore, generate_row, row_key
 from .scoring import summarize
-from .speed import MEMORY_METHOD, PeakMemory, probe_speed, size_on_disk, threads_used
+from .probe import probe_in_subprocess
+from .speed import MEMORY_METHOD, probe_speed, size_on_disk, threads_used
 
 
 def run(config) -> dict:
@@ -95,24 +97,21 @@ def run(config) -> dict:
 
 def evaluate_model(config, rows: list[Row], missing: list[Row], benchmark, template: str,
                    store: SampleStore, cached: dict | None) -> dict:
-    """Load the model once: speed and memory (unless cached from an interrupted run), then the
-    responses of every row still missing some."""
+    """Speed and memory (a local model in a fresh process; unless cached from an interrupted run),
+    then the model loaded here once for the responses of every row still missing some."""
     first = rows[0]
-    with PeakMemory() as memory:
-        backend = load_model(first.spec, first.kind, config)
-        speed = {}
-        try:
-            if cached is None and config.speed_tokens and benchmark.problems:
-                prompt = backend.render(user_message(benchmark.problems[0]["question"], template))
-                speed = probe_speed(backend, prompt, config.speed_tokens)
-        except BaseException:
-            backend.close()
-            raise
+    user_text = user_message(benchmark.problems[0]["question"], template)
+    figures = dict(cached) if cached is not None else {
+        "size_bytes": size_on_disk(first.kind, first.target), "peak_rss_bytes": None, "threads": None}
+    if cached is None and config.speed_tokens and first.kind != "openai":
+        figures.update(probe_in_subprocess(first.spec, backend_options(first.kind, config), user_text,
+                                           config.speed_tokens))
+    backend = load_model(first.spec, first.kind, config)
     try:
-        figures = dict(cached) if cached is not None else {
-            **speed, "peak_rss_bytes": memory.peak_bytes if first.kind != "openai" else None,
-            "size_bytes": size_on_disk(first.kind, first.target),
-            "threads": threads_used(backend, first.kind, config.threads)}
+        if cached is None and config.speed_tokens and first.kind == "openai":
+            figures.update(probe_speed(backend, backend.render(user_text), config.speed_tokens))
+        if figures["threads"] is None:
+            figures["threads"] = threads_used(backend, first.kind, config.threads)
         for row in missing:
             generate_row(backend, row, benchmark.name, benchmark.problems, template, config, store)
     finally:
@@ -124,10 +123,8 @@ def row_complete(store: SampleStore, row: Row, problems: list[dict], config) -> 
     return all(store.have(row.key, p["id"], j) for p in problems for j in range(config.samples))
 
 
-def load_model(spec: str, kind: str, config):
-    """The backend for `spec`, with the options its kind takes. A model that cannot be loaded is
-    a user error naming it."""
-    options = {
+def backend_options(kind: str, config) -> dict:
+    return {
         "hf": dict(dtype=config.dtype, trust_remote_code=config.trust_remote_code,
                    batch_size=config.batch_size, threads=config.threads),
         "gguf": dict(n_ctx=config.n_ctx, threads=config.threads),
@@ -135,10 +132,15 @@ def load_model(spec: str, kind: str, config):
                      trust_remote_code=config.trust_remote_code),
         "openai": dict(model=config.served_model, api_key_env=config.api_key_env,
                        concurrency=config.concurrency, max_retries=config.max_retries,
-                       request_timeout=config.request_timeout),
+                       request_timeout=config.request_timeout,
+                       extra_body=json.loads(config.request_extra) if config.request_extra else None),
     }[kind]
+
+
+def load_model(spec: str, kind: str, config):
+    """The backend for `spec`. A model that cannot be loaded is a user error naming it."""
     try:
-        return load_backend(spec, **options)
+        return load_backend(spec, **backend_options(kind, config))
     except (UserError, GateFailed):
         raise
     except Exception as e:  # noqa: BLE001 - a model that does not load is the user's input at fault

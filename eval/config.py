@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -41,6 +42,7 @@ class EvalConfig:
     concurrency: int = option(8, "Requests in flight (openai)")
     max_retries: int = option(6, "Retries per request on 429, 5xx and timeouts (openai)")
     request_timeout: float = option(600.0, "Seconds before a request times out (openai)")
+    request_extra: Optional[str] = option(None, "JSON object merged into every openai: request, for server-specific sampling fields (llama.cpp servers: '{\"repeat_penalty\": 1.0, \"top_k\": 0, \"min_p\": 0}')")
     dtype: str = option("auto", "Torch dtype for hf: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     n_ctx: int = option(8192, "Context window for gguf models")
     threads: Optional[int] = option(None, "CPU threads for the local runtimes (default: all cores)")
@@ -73,6 +75,13 @@ class EvalConfig:
             raise UserError("max_drop: must be in [0, 1]")
         if self.max_kld is not None and self.max_kld < 0:
             raise UserError("max_kld: must be at least 0")
+        if self.request_extra is not None:
+            try:
+                extra = json.loads(self.request_extra)
+            except json.JSONDecodeError as e:
+                raise UserError(f"request_extra: not valid JSON ({e.msg})") from None
+            if not isinstance(extra, dict):
+                raise UserError("request_extra: expected a JSON object")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UserError(f"dtype: expected auto, float32, bfloat16 or float16, got '{self.dtype}'")
 

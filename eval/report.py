@@ -92,4 +92,7 @@ def print_table(report: dict) -> None:
         t.add_column(h, justify="left" if i < 2 else "right")
     for row in cells:
         t.add_row(*row)
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: wide enough that no figure gets cut
+        console = Console(width=max(120, 16 * len(headers)))
+    console.print(t)

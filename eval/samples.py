@@ -38,6 +38,7 @@ class Row:
 def row_key(row: Row, cfg, benchmark: str, template: str) -> str:
     settings = {
         "model": row.spec, "served_model": cfg.served_model if row.kind == "openai" else None,
+        "request_extra": cfg.request_extra if row.kind == "openai" else None,
         "benchmark": benchmark, "template": template, "samples": cfg.samples,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
         "max_new_tokens": cfg.max_new_tokens if row.budget is None else None,

@@ -2,95 +2,25 @@
 token, peak resident memory, size on disk, threads.
 
 Speed comes from a single-stream probe (one prompt, greedy), because that is what a user of a
-laptop or a Raspberry Pi sees; the batched accuracy run would flatter the hf backend.
-
-Memory is measured in this process: before a model is loaded, freed heap memory is handed back
-to the kernel (malloc_trim) and the kernel's high-water mark of resident memory is reset
-(/proc/self/clear_refs); the peak after loading and probing, minus the resident memory before,
-is what the model and its runtime took. Where clear_refs is not available a sampling thread
-polls the resident size instead."""
+laptop or a Raspberry Pi sees; the batched accuracy run would flatter the hf backend. Local
+models are probed in a fresh process (eval/probe.py), so that the peak resident memory is what
+that model needs on that runtime, whatever the evaluating process loaded before it."""
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
-import re
-import threading
 import time
 from pathlib import Path
 
 from eval.backends import Sampling
 
-MEMORY_METHOD = ("in-process: peak resident memory (VmHWM, reset through /proc/self/clear_refs) "
-                 "while loading the model and running the speed probe, minus the resident memory "
-                 "before loading")
+MEMORY_METHOD = ("peak resident set (VmHWM) of a fresh process that loads the model and runs the "
+                 "speed probe, minus its resident set after importing the runtime: weights, KV cache "
+                 "and runtime buffers, without the Python interpreter and libraries")
 
-
-def _status_kib(field: str) -> int | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
-    return int(m.group(1)) if m else None
-
-
-def _resident_bytes() -> int:
-    kib = _status_kib("VmRSS")
-    if kib is not None:
-        return kib * 1024
-    import psutil
-    return psutil.Process().memory_info().rss
-
-
-def _release_freed_memory() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """`with PeakMemory() as mem: ...` then `mem.peak_bytes`: the most resident memory the body
-    added on top of what the process held when it started."""
-
-    def __init__(self):
-        self.base = 0
-        self.peak_bytes: int | None = None
-        self._sampler: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._sampled = 0
-
-    def __enter__(self) -> "PeakMemory":
-        _release_freed_memory()
-        self.base = _resident_bytes()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self._kernel = _status_kib("VmHWM") is not None
-        except OSError:
-            self._kernel = False
-        if not self._kernel:
-            self._sampled = self.base
-            self._sampler = threading.Thread(target=self._sample, daemon=True)
-            self._sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self._sampled = max(self._sampled, _resident_bytes())
-
-    def read(self) -> int:
-        if self._kernel:
-            return max(0, (_status_kib("VmHWM") or 0) * 1024 - self.base)
-        return max(0, max(self._sampled, _resident_bytes()) - self.base)
-
-    def __exit__(self, *exc) -> None:
-        self.peak_bytes = self.read()
-        self._stop.set()
-        if self._sampler is not None:
-            self._sampler.join()
+# Raw text, not a chat prompt: llama.cpp and servers reuse a cached prompt prefix, and a warm-up
+# sharing the measured prompt's prefix would make its time to first token look shorter.
+WARMUP_TEXT = "Warm-up."
 
 
 def _timed(backend, prompt: str, tokens: int):
@@ -100,22 +30,24 @@ def _timed(backend, prompt: str, tokens: int):
 
 
 def probe_speed(backend, prompt: str, tokens: int) -> dict:
-    """Single-stream greedy speed on `prompt`. A one-token call warms the runtime up and a second
-    one times the prompt (time to first token); a `tokens`-token call then gives the decode rate
-    as the extra tokens over the extra time. Wall clock is used for every backend alike."""
-    _timed(backend, prompt, 1)
-    first, ttft = _timed(backend, prompt, 1)
+    """Single-stream greedy speed on `prompt` after a short warm-up. The backends report the time
+    to the first token and the decode time of each completion; where one does not, the wall
+    clock of a one-token call stands for the first and the rest of a full call for the second."""
+    _timed(backend, WARMUP_TEXT, 2)
     full, total = _timed(backend, prompt, tokens)
-    if first.error or full.error:
-        return {"prompt_tokens_per_s": None, "decode_tokens_per_s": None, "ttft_s": None,
-                "speed_error": first.error or full.error}
-    decoded = full.completion_tokens - 1
-    decode_time = total - ttft
+    if full.error:
+        return {"speed_error": full.error}
+    ttft, decode_s = full.ttft_s, full.decode_s
+    if ttft is None or decode_s is None:
+        _timed(backend, WARMUP_TEXT, 2)
+        _, ttft = _timed(backend, prompt, 1)
+        decode_s = total - ttft
+    decoded = full.completion_tokens - 1  # the first token belongs to the prompt's time
     return {
         "ttft_s": ttft,
-        "prompt_tokens_per_s": first.prompt_tokens / ttft if ttft > 0 and first.prompt_tokens else None,
-        "decode_tokens_per_s": decoded / decode_time if decoded > 0 and decode_time > 0 else None,
-        "speed_prompt_tokens": first.prompt_tokens,
+        "prompt_tokens_per_s": full.prompt_tokens / ttft if ttft and full.prompt_tokens else None,
+        "decode_tokens_per_s": decoded / decode_s if decoded > 0 and decode_s and decode_s > 0 else None,
+        "speed_prompt_tokens": full.prompt_tokens,
         "speed_decode_tokens": max(decoded, 0),
     }
 
@@ -138,15 +70,11 @@ def threads_used(backend, kind: str, requested: int | None) -> int | None:
     backend reports, else the runtime's own default when none was asked for."""
     if kind == "openai":
         return None
-    reported = getattr(backend, "threads", None)
-    if isinstance(reported, int) and reported > 0:
-        return reported
+    for owner in (backend, getattr(backend, "llm", None)):  # llama_cpp.Llama keeps n_threads
+        reported = getattr(owner, "threads", None) or getattr(owner, "n_threads", None)
+        if isinstance(reported, int) and reported > 0:
+            return reported
     if kind == "hf":
         import torch
         return torch.get_num_threads()
-    if requested:
-        return requested
-    if kind == "gguf":  # llama-cpp-python's default: half the logical cores
-        return max((os.cpu_count() or 2) // 2, 1)
-    import psutil  # onnxruntime's default: one intra-op thread per physical core
-    return psutil.cpu_count(logical=False) or os.cpu_count()
+    return requested or os.cpu_count()

@@ -138,11 +138,14 @@ class OnnxBackend:
         ended = time.perf_counter()
         completions = []
         for row, out in enumerate(outputs):
+            # like the hf and gguf backends: the end-of-turn token is neither text nor counted
             text_ids = out[:-1] if out and out[-1] in self.eos_ids else out
+            text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
+            cuts = [text.find(s) for s in sampling.stop if s and s in text]
             completions.append(Completion(
-                text=self.tokenizer.decode(text_ids, skip_special_tokens=False),
+                text=text[:min(cuts)] if cuts else text,
                 finish_reason=finish[row] or "length", prompt_tokens=len(batch_ids[row]),
-                completion_tokens=len(out),
+                completion_tokens=len(text_ids),
                 ttft_s=(first_token_at - started) if first_token_at else None,
                 decode_s=(ended - first_token_at) if first_token_at else None))
         return completions
