@@ -1,0 +1,70 @@
+"""Packing without cross-sample attention: a packed row gives each sample the logits it gets
+alone, and the packed loss (and its gradients) equal the padded loss on the same samples."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from distill.train.attention import PACKED_ATTENTION
+from distill.train.batching import PackedBatches, PaddedBatches, count_tokens, split_heldout
+from distill.train.chat_format import encode_traces, end_of_turn
+from distill.train.trainer import loss_sums
+
+from .helpers import PROBLEMS
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _samples(model_dir):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    eot = end_of_turn(tok, "test")
+    rows = [{"problem": q, "prompt": q, "reasoning": r, "answer": f"\\boxed{{{a}}}"} for q, r, a in PROBLEMS]
+    samples, _ = encode_traces(tok, rows, eot, 4096, "test")
+    return tok, samples
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
+def test_a_packed_row_gives_each_sample_its_own_logits(tiny_model, arch):
+    model_dir = tiny_model(arch)
+    _, samples = _samples(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    alone = [model(input_ids=torch.tensor([s["input_ids"]]), use_cache=False).logits[0] for s in samples]
+    packed = PackedBatches()(samples)
+    model.set_attn_implementation(PACKED_ATTENTION)
+    together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+    assert together.shape[0] == sum(len(s["input_ids"]) for s in samples)
+    torch.testing.assert_close(together, torch.cat(alone), atol=2e-5, rtol=1e-4)
+
+
+def test_packed_loss_and_gradients_equal_the_padded_ones(tiny_model):
+    model_dir = tiny_model("qwen2")
+    tok, samples = _samples(model_dir)
+    padded_batch, packed_batch = PaddedBatches(tok.pad_token_id)(samples), PackedBatches()(samples)
+    real, positions = count_tokens(padded_batch)
+    assert real == sum(len(s["input_ids"]) for s in samples) < positions   # the lengths differ: padding
+    assert count_tokens(packed_batch) == (real, real)                        # packed: none
+
+    results = []
+    for batch, attention in ((padded_batch, "sdpa"), (packed_batch, PACKED_ATTENTION)):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention)
+        total, _, _, count = loss_sums(model, batch)
+        (total / count).backward()
+        results.append((total / count, count, model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    (padded_loss, padded_count, padded_grad), (packed_loss, packed_count, packed_grad) = results
+    assert padded_count == packed_count == sum(1 for s in samples for t in s["targets"] if t != -100)
+    torch.testing.assert_close(packed_loss, padded_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_grad, padded_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_the_heldout_split_keeps_problems_whole():
+    samples = [{"problem": f"p{i % 10}", "input_ids": [1]} for i in range(40)]
+    train, heldout = split_heldout(samples, 0.1, seed=3)
+    assert len(train) + len(heldout) == 40 and 0 < len(heldout) < 40
+    assert not {s["problem"] for s in train} & {s["problem"] for s in heldout}
+    assert split_heldout(samples, 0.0, seed=3) == (samples, [])
