@@ -18,7 +18,7 @@ from distill.core.records import StageRecord
 
 from .build import build_ggufs, build_onnx_folders, validate_all
 from .config import ExportConfig
-from .gguf_writer import describe_gguf
+from .gguf_info import describe_gguf
 from .package import artifact_entry, chat_template_of, now, tool_versions, write_card_files, write_tarball
 from .plan import check_out_folder, choose_context, choose_formats, precheck_fit, require_runtimes
 from .profiles import fit_report, load_profile, memory_need, profile_summary, require_fit

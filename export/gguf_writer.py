@@ -199,25 +199,3 @@ def write_gguf(folder: Path, config: dict, facts: ModelFacts, out_path: Path, ft
     finally:
         writer.close()
     return vocab
-
-
-def describe_gguf(path: Path) -> dict:
-    """What llama.cpp will find in the file: tensor types actually used and key metadata."""
-    reader = gguf.GGUFReader(path)
-    counts: dict[str, int] = {}
-    for t in reader.tensors:
-        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
-    field = reader.fields.get("general.file_type")
-    file_type = int(field.parts[field.data[0]][0]) if field else None
-    try:
-        file_type_name = gguf.LlamaFileType(file_type).name if file_type is not None else None
-    except ValueError:
-        file_type_name = str(file_type)
-    return {"tensor_types": dict(sorted(counts.items())), "tensors": len(reader.tensors),
-            "file_type": file_type_name}
-
-
-def gguf_string(path: Path, key: str) -> Optional[str]:
-    field = gguf.GGUFReader(path).fields.get(key)
-    return bytes(field.parts[field.data[0]]).decode("utf-8") if field else None
-

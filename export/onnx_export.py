@@ -1,20 +1,21 @@
-"""ONNX through onnxruntime-genai's model builder, run offline on the local folder in its own
-process (it loads the whole model in torch and prints a line per node), then completed so that
-`onnxruntime_genai.Model` finds the tokenizer, the chat template and our stop tokens."""
+"""ONNX through onnxruntime-genai's model builder, run offline on the local folder (its own
+output, a line per node, goes to a log), then completed so that `onnxruntime_genai.Model` finds
+the tokenizer, the chat template and our stop tokens.
+
+The builder runs in this process: importing it costs seconds, building a small model a fraction
+of one, and torch and transformers are loaded here already."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
 from distill.core.errors import UserError
 
-from .quantize import log_tail
+from .quantize import log_tail, native_output_to
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
                    "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json")
@@ -34,19 +35,29 @@ def build_onnx(folder: Path, out_dir: Path, precision: str, work: Path, log_path
     if not builder_available():
         raise UserError("field 'onnx': the onnxruntime-genai model builder is not importable "
                         "(pip install onnxruntime-genai onnx-ir)")
+    from onnxruntime_genai.models import builder
+
     cache = work / f"onnx-cache-{precision}"
-    extra = ["hf_token=false"] + (["hf_remote=true"] if trust_remote_code else [])
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder),
-           "-o", str(out_dir), "-p", precision, "-e", "cpu", "-c", str(cache),
-           "--extra_options", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    with open(log_path, "ab") as log:
-        status = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    shutil.rmtree(cache, ignore_errors=True)
-    if status != 0 or not (out_dir / "genai_config.json").is_file():
-        raise RuntimeError(f"onnxruntime-genai's builder failed for {precision} (exit {status}): "
-                           f"{log_tail(log_path)}")
+    options = ["hf_token=false"] + (["hf_remote=true"] if trust_remote_code else [])
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    try:
+        with native_output_to(log_path):
+            extra = builder.parse_extra_options(None, str(folder), str(out_dir), precision, "cpu",
+                                                str(cache), options)
+            builder.create_model(None, str(folder), str(out_dir), precision, "cpu", str(cache), **extra)
+    except Exception as e:  # noqa: BLE001 - the builder raises bare Exceptions; keep its message
+        raise RuntimeError(f"onnxruntime-genai's builder failed for {precision}: "
+                           f"{type(e).__name__}: {e} | {log_tail(log_path)}") from e
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(cache, ignore_errors=True)
+    if not (out_dir / "genai_config.json").is_file():
+        raise RuntimeError(f"onnxruntime-genai's builder wrote no genai_config.json: {log_tail(log_path)}")
     complete_folder(folder, out_dir, context_length)
 
 

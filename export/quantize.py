@@ -30,6 +30,8 @@ def native_output_to(log_path: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for fd in saved:

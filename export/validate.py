@@ -16,7 +16,7 @@ from .reference import Reference, compare_greedy, kl_and_top1
 
 # Relative logit tolerance for calling a greedy divergence a tie, and the most KL (nats) a float
 # artifact may show against the fp32 HF model: rounding of the weights, nothing more.
-TIE_TOLERANCE = {"f32": 1e-4, "f16": 5e-3, "bf16": 3e-2, "fp32": 1e-3}
+TIE_TOLERANCE = {"f32": 2e-3, "f16": 5e-3, "bf16": 3e-2, "fp32": 1e-3}
 FLOAT_MAX_KLD = {"f32": 1e-3, "f16": 1e-2, "bf16": 5e-2, "fp32": 1e-3}
 
 
