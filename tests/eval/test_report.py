@@ -1,0 +1,96 @@
+"""Gates, report files and plots on handmade result rows."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from distill.core.errors import UserError
+from eval.gates import check_gates
+from eval.plots import plot_budget, plot_tradeoff
+from eval.report import RESULT_KEYS, markdown, result_row, write_reports
+
+
+def _rows():
+    common = dict(benchmark="demo", samples_per_problem=1, n_problems=10)
+    return [
+        result_row(label="student", model="hf:s", backend="hf", pass_at_1=0.8, size_bytes=4e8,
+                   decode_tokens_per_s=12.0, mean_kld=None, **common),
+        result_row(label="q4", model="gguf:q4.gguf", backend="gguf", pass_at_1=0.7, size_bytes=1e8,
+                   decode_tokens_per_s=40.0, mean_kld=0.08, top1_agreement=0.9, perplexity=3.2, **common),
+    ]
+
+
+def _gates(**kw):
+    return SimpleNamespace(**{**dict(min_accuracy=None, baseline=None, max_drop=None, max_kld=None), **kw})
+
+
+def test_no_gate_no_failure():
+    assert check_gates(_rows(), _gates()) == ([], [])
+
+
+def test_min_accuracy_names_the_row_and_the_figure():
+    checked, failures = check_gates(_rows(), _gates(min_accuracy=0.75))
+    assert checked == ["min_accuracy 0.75"]
+    assert failures == ["row 'q4': pass_at_1 0.7000 is below --min-accuracy 0.75"]
+
+
+def test_baseline_drop_per_label(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"results": [dict(label="student", pass_at_1=0.82, benchmark="demo"),
+                                           dict(label="q4", pass_at_1=0.9, benchmark="demo"),
+                                           dict(label="gone", pass_at_1=1.0)]}))
+    _, failures = check_gates(_rows(), _gates(baseline=str(old), max_drop=0.05))
+    assert len(failures) == 1 and failures[0].startswith("row 'q4': pass_at_1 dropped 0.2000 (0.9000 -> 0.7000)")
+    assert check_gates(_rows(), _gates(baseline=str(old), max_drop=0.25))[1] == []
+
+
+def test_a_baseline_that_does_not_fit_is_a_user_error(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"results": [dict(label="someone", pass_at_1=0.5)]}))
+    with pytest.raises(UserError, match="no row has a label of this run"):
+        check_gates(_rows(), _gates(baseline=str(other), max_drop=0.1))
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"results": [dict(label="q4", pass_at_1=0.5, benchmark="gsm8k")]}))
+    with pytest.raises(UserError, match="measured on 'gsm8k'"):
+        check_gates(_rows(), _gates(baseline=str(bench), max_drop=0.1))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"results": [')
+    with pytest.raises(UserError, match="broken.json: line 1"):
+        check_gates(_rows(), _gates(baseline=str(broken), max_drop=0.1))
+
+
+def test_max_kld_only_judges_measured_rows():
+    _, failures = check_gates(_rows(), _gates(max_kld=0.05))
+    assert failures == ["row 'q4': mean_kld 0.08 is above --max-kld 0.05"]
+    assert check_gates(_rows(), _gates(max_kld=0.1))[1] == []
+
+
+def test_report_files_have_every_key_and_the_table(tmp_path):
+    report = {"benchmark": {"name": "demo", "source": "demo:test", "n_problems": 10},
+              "settings": {"samples": 1, "temperature": 0.0, "top_p": 1.0, "prompt_template": "r1",
+                           "speed_tokens": 64},
+              "reference": None, "memory_method": "m", "results": _rows(),
+              "gates": {"checked": ["min_accuracy 0.75"], "failed": ["row 'q4': pass_at_1 ..."]},
+              "plots": ["accuracy_size_speed.png"]}
+    json_path, md_path = write_reports(tmp_path, report)
+    rows = json.loads(json_path.read_text())["results"]
+    assert all(list(r) == list(RESULT_KEYS) for r in rows)
+    text = md_path.read_text()
+    assert "| label | backend | pass@1 |" in text and "| q4 | gguf | 70.0% |" in text
+    assert "**failed**" in text and "- row 'q4'" in text and "![accuracy_size_speed.png]" in text
+    assert "maj@k" not in markdown(report)  # no column for figures nobody measured
+
+
+def test_plots_are_real_pngs(tmp_path):
+    import matplotlib.image as mpimg
+
+    path = plot_tradeoff(_rows(), tmp_path / "tradeoff.png")
+    assert mpimg.imread(path).shape[0] > 200
+    assert plot_tradeoff([dict(r, size_bytes=None) for r in _rows()], tmp_path / "none.png") is None
+    sweep = [dict(r, think_budget=b, pass_at_1=p) for r in _rows() for b, p in ((64, 0.2), (256, 0.5), (1024, 0.7))]
+    path = plot_budget(sweep, tmp_path / "budget.png")
+    assert mpimg.imread(path).shape[1] > 300
+    assert plot_budget(_rows(), tmp_path / "flat.png") is None
