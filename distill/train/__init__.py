@@ -29,7 +29,7 @@ def run(config: TrainConfig) -> dict:
     from transformers import PrinterCallback
 
     from . import models
-    from .attention import packed_attention_for
+    from .attention import use_packed_attention
     from .batching import PackedBatches, PaddedBatches, TraceDataset, split_heldout
     from .chat_format import encode_traces, end_of_turn
     from .checkpoints import MarkCompleteCheckpoints, announce_resume, clear_unusable, resume_point
@@ -53,6 +53,7 @@ def run(config: TrainConfig) -> dict:
     if not samples:
         raise UserError(f"max_seq_len: all {too_long} traces are longer than {config.max_seq_len} tokens")
     train_rows, heldout_rows = split_heldout(samples, config.eval_fraction, config.seed)
+    _require_scheduler(config.lr_scheduler)
 
     use_gpu = torch.cuda.is_available()
     if config.threads and not use_gpu:
@@ -66,17 +67,6 @@ def run(config: TrainConfig) -> dict:
     with _quiet_libraries(), record as rec:
         if main:
             (out / "train.json").unlink(missing_ok=True)  # the old record must not vouch for new files
-        model = models.load_causal_lm(config.student, "student", dtype, config.trust_remote_code, attention)
-        teacher = None
-        if config.method == "kd":
-            teacher = models.load_causal_lm(config.teacher, "teacher", dtype, config.trust_remote_code, attention)
-        if config.packing:
-            for m in filter(None, (model, teacher)):
-                m.set_attn_implementation(packed_attention_for(m, config.attn_implementation))
-        if config.lora:
-            model = models.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout,
-                                    config.lora_target_modules)
-
         checkpoints = out / "checkpoints"
         fingerprint = _fingerprint(config, traces.source)
         resume_from = resume_point(checkpoints, fingerprint, config.resume)
@@ -85,6 +75,12 @@ def run(config: TrainConfig) -> dict:
             shutil.rmtree(out / FINAL_STAGING, ignore_errors=True)
         announce_resume(resume_from)
 
+        # The teacher loads before the training arguments exist: under DeepSpeed ZeRO-3 those turn
+        # on partitioned loading, which suits the student (trained by the engine) but not the
+        # teacher (run outside it, whole on every device).
+        teacher = None
+        if config.method == "kd":
+            teacher = models.load_causal_lm(config.teacher, "teacher", dtype, config.trust_remote_code, attention)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         steps = _planned_steps(config, len(train_rows), world)
         eval_steps = (config.eval_steps or max(1, steps // 10)) if heldout_rows else None
@@ -92,6 +88,13 @@ def run(config: TrainConfig) -> dict:
             args = training_arguments(config, str(checkpoints), use_gpu, bf16, checkpointing, eval_steps)
         except ValueError as e:
             raise UserError(f"training settings: {' '.join(str(e).split())}") from None
+        model = models.load_causal_lm(config.student, "student", dtype, config.trust_remote_code, attention)
+        if config.packing:
+            for m in filter(None, (model, teacher)):
+                use_packed_attention(m, config.attn_implementation)
+        if config.lora:
+            model = models.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout,
+                                    config.lora_target_modules)
         clock = StepClock()
         trainer = DistillTrainer(
             model=model, args=args, train_dataset=TraceDataset(train_rows),
@@ -146,6 +149,15 @@ def run(config: TrainConfig) -> dict:
         rec.result = {k: summary[k] for k in ("steps", "tokens_seen", "tokens_per_second", "padding_fraction")}
         rec.result.update(summary["final"])
     return {"out": str(out), **rec.result}
+
+
+def _require_scheduler(name: str) -> None:
+    from transformers import SchedulerType
+    try:
+        SchedulerType(name)
+    except ValueError:
+        names = ", ".join(t.value for t in SchedulerType)
+        raise UserError(f"lr_scheduler: unknown schedule '{name}' (one of: {names})") from None
 
 
 def _default_attention(use_gpu: bool) -> str:

@@ -69,8 +69,13 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
 AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_forward)
 
 
-def packed_attention_for(model, requested: str | None) -> str:
-    """The kernel to train packed rows with: flash attention handles them natively; anything
-    else goes through packed_sdpa."""
+def use_packed_attention(model, requested: str | None) -> None:
+    """Switch `model` to a kernel that keeps the samples of a packed row apart: flash attention
+    does natively; anything else goes through packed_sdpa."""
+    from distill.core.errors import UserError
     current = requested or model.config._attn_implementation
-    return current if current and current.startswith("flash_attention") else PACKED_ATTENTION
+    wanted = current if current and current.startswith("flash_attention") else PACKED_ATTENTION
+    model.set_attn_implementation(wanted)
+    if model.config._attn_implementation != wanted:
+        raise UserError(f"packing: {type(model).__name__} cannot switch its attention kernel, so packed "
+                        "samples would attend to each other; train with --no-packing")

@@ -29,7 +29,7 @@ class TrainConfig:
     max_seq_len: int = option(4096, "Longer samples are dropped (their answers would be cut off)")
     seed: int = option(42, "Random seed")
     eval_fraction: float = option(0.05, "Fraction of traces held out for the eval loss")
-    packing: bool = option(False, "Pack samples into full sequences without cross-sample attention")
+    packing: bool = option(True, "Pack each batch into one row without padding and without attention across samples (--no-packing: padded rows)")
     lora: bool = option(False, "Train LoRA adapters (merged into the saved model at the end)")
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha")

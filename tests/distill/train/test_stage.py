@@ -79,7 +79,7 @@ def test_lora_is_merged_and_gives_the_adapter_logits(tiny_model, tmp_path):
     traces = write_jsonl(tmp_path / "traces.jsonl", trace_rows(16))
     out = tmp_path / "student"
     run(_config(student=str(student), traces=str(traces), out=str(out), lora=True, lora_r=4,
-                keep_adapter=True, lr=2e-2, max_steps=4, eval_fraction=0))
+                keep_adapter=True, lr=2e-2, max_steps=4, eval_fraction=0, packing=False))
 
     assert not (out / "adapter_config.json").exists()  # the folder itself is a plain model
     merged = AutoModelForCausalLM.from_pretrained(out)
