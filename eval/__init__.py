@@ -9,10 +9,12 @@ samples.jsonl, report.json, report.md and the plots, print the table and apply t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from distill.core.chat import load_prompt_template, user_message
 from distill.core.errors import GateFailed, UserError, one_line
+from distill.core import progress
 from distill.core.progress import info
 from distill.core.records import StageRecord
 from eval.backends import load_backend, parse_spec
@@ -32,6 +34,8 @@ from .speed import MEMORY_METHOD, probe_speed, size_on_disk, threads_used
 def run(config) -> dict:
     config.check_complete()
     out = Path(config.out)
+    if progress.QUIET:
+        quiet_libraries()
     with StageRecord("eval", config, out) as rec:
         template = load_prompt_template(config.prompt_template)
         models = resolve_models(config)
@@ -121,6 +125,17 @@ def evaluate_model(config, rows: list[Row], missing: list[Row], benchmark, templ
 
 def row_complete(store: SampleStore, row: Row, problems: list[dict], config) -> bool:
     return all(store.have(row.key, p["id"], j) for p in problems for j in range(config.samples))
+
+
+def quiet_libraries() -> None:
+    """--quiet silences the loading bars of transformers and huggingface_hub too, here and in the
+    probe processes."""
+    import sys
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def backend_options(kind: str, config) -> dict:
