@@ -44,7 +44,7 @@ def run(config: TrainConfig) -> dict:
     traces = load_traces(config.traces, config.prompt_template)
     tokenizer = models.load_tokenizer(config.student, "student", config.trust_remote_code)
     eot = end_of_turn(tokenizer, f"student: {config.student}")
-    models.load_model_config(config.student, "student", config.trust_remote_code)
+    student_config = models.load_model_config(config.student, "student", config.trust_remote_code)
     if config.method == "kd":
         models.load_model_config(config.teacher, "teacher", config.trust_remote_code)
         teacher_tokenizer = models.load_tokenizer(config.teacher, "teacher", config.trust_remote_code)
@@ -85,7 +85,8 @@ def run(config: TrainConfig) -> dict:
         steps = _planned_steps(config, len(train_rows), world)
         eval_steps = (config.eval_steps or max(1, steps // 10)) if heldout_rows else None
         try:
-            args = training_arguments(config, str(checkpoints), use_gpu, bf16, checkpointing, eval_steps)
+            args = training_arguments(config, str(checkpoints), use_gpu, bf16, checkpointing, eval_steps,
+                                      routed_experts=_has_routed_experts(student_config))
         except ValueError as e:
             raise UserError(f"training settings: {' '.join(str(e).split())}") from None
         model = models.load_causal_lm(config.student, "student", dtype, config.trust_remote_code, attention)
@@ -115,7 +116,9 @@ def run(config: TrainConfig) -> dict:
         if config.lora:
             merged = models.merge_lora(config.student, staging / "adapter", dtype, config.trust_remote_code)
             merged.save_pretrained(staging)
-            if not config.keep_adapter:
+            if config.keep_adapter:
+                (staging / "adapter" / "training_args.bin").unlink(missing_ok=True)
+            else:
                 shutil.rmtree(staging / "adapter")
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the record holds the settings
         models.finish_model_folder(staging, tokenizer, eot)
@@ -168,6 +171,11 @@ def _default_attention(use_gpu: bool) -> str:
     return "sdpa"
 
 
+def _has_routed_experts(model_config) -> bool:
+    """MoE students leave unrouted experts without gradients, which DDP must be told about."""
+    return any(getattr(model_config, name, None) for name in ("num_experts", "num_local_experts", "n_routed_experts"))
+
+
 def _pad_id(tokenizer, eot) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot.token_id
 
@@ -212,7 +220,8 @@ def _device_name(use_gpu: bool, world: int) -> str:
     import torch
     if use_gpu:
         return f"{world} x {torch.cuda.get_device_name(0)}"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    processes = f"{world} processes x " if world > 1 else ""
+    return f"{processes}CPU ({torch.get_num_threads()} threads)"
 
 
 @contextlib.contextmanager

@@ -10,9 +10,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import torch
 
-from .chat_format import IGNORE
+from .chat_format import IGNORE, labels_of, targets_of
 
 
 class TraceDataset(torch.utils.data.Dataset):
@@ -24,9 +25,6 @@ class TraceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.samples[i]
-
-    def tokens(self) -> int:
-        return sum(len(s["input_ids"]) for s in self.samples)
 
 
 def split_heldout(samples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -52,42 +50,36 @@ def split_heldout(samples: list[dict], fraction: float, seed: int) -> tuple[list
 class PaddedBatches:
     """Right-padded rows with an attention mask."""
 
-    packed = False
-
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, features: list[dict]) -> dict:
         width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-        targets = torch.full((len(features), width), IGNORE, dtype=torch.long)
+        ids = np.full((len(features), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(features), width), dtype=np.int64)
+        labels = np.full((len(features), width), IGNORE, dtype=np.int64)
+        targets = np.full((len(features), width), IGNORE, dtype=np.int64)
         for row, f in enumerate(features):
             n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(f["input_ids"])
+            ids[row, :n] = f["input_ids"]
             mask[row, :n] = 1
-            labels[row, :n] = torch.tensor(f["labels"])
-            targets[row, :n] = torch.tensor(f["targets"])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "shift_labels": targets}
+            labels[row, :n] = labels_of(f)
+            targets[row, :n] = targets_of(f)
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+                "labels": torch.from_numpy(labels), "shift_labels": torch.from_numpy(targets)}
 
 
 class PackedBatches:
     """All samples of the batch in one row without padding; position ids restart at 0 for each
     sample, which is how the attention kernels tell the samples apart (see attention.py)."""
 
-    packed = True
-
     def __call__(self, features: list[dict]) -> dict:
-        ids, positions, labels, targets = [], [], [], []
-        for f in features:
-            ids += f["input_ids"]
-            positions += range(len(f["input_ids"]))
-            labels += f["labels"]
-            targets += f["targets"]
-        as_row = lambda values: torch.tensor(values, dtype=torch.long).unsqueeze(0)  # noqa: E731
-        return {"input_ids": as_row(ids), "position_ids": as_row(positions), "labels": as_row(labels),
-                "shift_labels": as_row(targets)}
+        def row(parts) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate(parts).astype(np.int64)).unsqueeze(0)
+        return {"input_ids": row([f["input_ids"] for f in features]),
+                "position_ids": row([np.arange(len(f["input_ids"])) for f in features]),
+                "labels": row([labels_of(f) for f in features]),
+                "shift_labels": row([targets_of(f) for f in features])}
 
 
 def count_tokens(batch: dict) -> tuple[int, int]:

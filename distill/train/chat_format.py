@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from distill.core.chat import THINK_CLOSE, assistant_message, require_chat_template
 from distill.core.errors import UserError
 
@@ -69,9 +71,10 @@ def split_turns(tokenizer, prompt: str, reasoning: str, answer: str, eot: EndOfT
 
 def encode_traces(tokenizer, rows: list[dict], eot: EndOfTurn, max_seq_len: int,
                   where: str) -> tuple[list[dict], int]:
-    """Token ids, labels (IGNORE on the prompt) and next-token targets for each trace, in order;
-    traces longer than `max_seq_len` are dropped (cutting them would cut the answer off).
-    Returns (samples, number dropped as too long)."""
+    """{input_ids (int32 array), prompt_len, problem} for each trace, in order; traces longer than
+    `max_seq_len` are dropped (cutting them would cut the answer off). Returns (samples, number
+    dropped as too long). Labels are derived per batch (`labels_of`), so a large trace set costs
+    four bytes a token in memory."""
     prompts, completions = [], []
     for row in rows:
         p, c = split_turns(tokenizer, row["prompt"], row["reasoning"], row["answer"], eot, where)
@@ -87,7 +90,18 @@ def encode_traces(tokenizer, rows: list[dict], eot: EndOfTurn, max_seq_len: int,
         if len(p_ids) + len(c_ids) > max_seq_len:
             too_long += 1
             continue
-        labels = [IGNORE] * len(p_ids) + list(c_ids)
-        samples.append({"input_ids": list(p_ids) + list(c_ids), "labels": labels,
-                        "targets": labels[1:] + [IGNORE], "problem": row["problem"]})
+        samples.append({"input_ids": np.asarray(list(p_ids) + list(c_ids), dtype=np.int32),
+                        "prompt_len": len(p_ids), "problem": row["problem"]})
     return samples, too_long
+
+
+def labels_of(sample: dict) -> np.ndarray:
+    """The token ids with the prompt replaced by IGNORE: what the loss trains on."""
+    labels = sample["input_ids"].astype(np.int64)
+    labels[: sample["prompt_len"]] = IGNORE
+    return labels
+
+
+def targets_of(sample: dict) -> np.ndarray:
+    """The next-token target of every position (IGNORE after the last token)."""
+    return np.append(labels_of(sample)[1:], IGNORE)

@@ -15,6 +15,8 @@ CARD_SETTINGS = ("method", "epochs", "max_steps", "lr", "lr_scheduler", "warmup_
 
 def loss_history(log_history: list[dict]) -> dict:
     train = [[row["step"], row["loss"]] for row in log_history if "loss" in row and "step" in row]
+    if not train:  # fewer steps than logging_steps: the Trainer's run average stands in
+        train = [[row["step"], row["train_loss"]] for row in log_history if "train_loss" in row][-1:]
     heldout = [[row["step"], row["eval_loss"]] for row in log_history if "eval_loss" in row]
     return {"train": train, "heldout": heldout}
 

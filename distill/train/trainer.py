@@ -129,7 +129,7 @@ class RichProgress(TrainerCallback):
 
 
 def training_arguments(cfg, output_dir: str, use_gpu: bool, bf16: bool, gradient_checkpointing: bool,
-                       eval_steps: int | None) -> TrainingArguments:
+                       eval_steps: int | None, routed_experts: bool = False) -> TrainingArguments:
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=cfg.batch_size,
@@ -150,6 +150,7 @@ def training_arguments(cfg, output_dir: str, use_gpu: bool, bf16: bool, gradient
         gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
+        logging_first_step=True,
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps,
         prediction_loss_only=True,
@@ -163,5 +164,5 @@ def training_arguments(cfg, output_dir: str, use_gpu: bool, bf16: bool, gradient
         report_to="none",
         disable_tqdm=True,
         log_level="error",
-        ddp_find_unused_parameters=False,
+        ddp_find_unused_parameters=routed_experts,
     )

@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 
 from distill.core.chat import render_prompt
 from distill.core.errors import UserError
-from distill.train.chat_format import IGNORE, encode_traces, end_of_turn
+from distill.train.chat_format import IGNORE, encode_traces, end_of_turn, labels_of, targets_of
 
 from .helpers import LLAMA3_SYSTEM, QWEN25_SYSTEM, tokenizer_folder
 
@@ -54,11 +54,12 @@ def test_only_the_assistant_turn_and_its_end_of_turn_token_are_trained(tokenizer
     prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
     completion_ids = tok(completion_text, add_special_tokens=False)["input_ids"]
     assert too_long == 0
-    assert sample["input_ids"] == prompt_ids + completion_ids
-    assert sample["labels"] == [IGNORE] * len(prompt_ids) + completion_ids
-    assert sample["labels"][-1] == eot.token_id          # the model learns to stop
-    assert sample["targets"] == sample["labels"][1:] + [IGNORE]
-    trained = [t for t in sample["labels"] if t != IGNORE]
+    labels, targets = labels_of(sample).tolist(), targets_of(sample).tolist()
+    assert sample["input_ids"].tolist() == prompt_ids + completion_ids
+    assert labels == [IGNORE] * len(prompt_ids) + completion_ids
+    assert labels[-1] == eot.token_id          # the model learns to stop
+    assert targets == labels[1:] + [IGNORE]
+    trained = [t for t in labels if t != IGNORE]
     assert tok.decode(trained) == completion_text
     # The prompt trained on is the one generate and eval give the model, think block opened.
     assert render_prompt(tok, USER) == prompt_text + "<think>\n"

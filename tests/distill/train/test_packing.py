@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.train.attention import PACKED_ATTENTION
 from distill.train.batching import PackedBatches, PaddedBatches, count_tokens, split_heldout
-from distill.train.chat_format import encode_traces, end_of_turn
+from distill.train.chat_format import encode_traces, end_of_turn, targets_of
 from distill.train.trainer import loss_sums
 
 from .helpers import PROBLEMS
@@ -34,7 +34,7 @@ def test_a_packed_row_gives_each_sample_its_own_logits(tiny_model, arch):
     model_dir = tiny_model(arch)
     _, samples = _samples(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    alone = [model(input_ids=torch.tensor([s["input_ids"]]), use_cache=False).logits[0] for s in samples]
+    alone = [model(input_ids=torch.tensor([s["input_ids"].tolist()]), use_cache=False).logits[0] for s in samples]
     packed = PackedBatches()(samples)
     model.set_attn_implementation(PACKED_ATTENTION)
     together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
@@ -57,7 +57,7 @@ def test_packed_loss_and_gradients_equal_the_padded_ones(tiny_model):
         (total / count).backward()
         results.append((total / count, count, model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
     (padded_loss, padded_count, padded_grad), (packed_loss, packed_count, packed_grad) = results
-    assert padded_count == packed_count == sum(1 for s in samples for t in s["targets"] if t != -100)
+    assert padded_count == packed_count == sum(int((targets_of(s) != -100).sum()) for s in samples)
     torch.testing.assert_close(packed_loss, padded_loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed_grad, padded_grad, atol=1e-5, rtol=1e-4)
 

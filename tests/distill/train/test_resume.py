@@ -56,7 +56,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == STEPS and summary["resumed_from_step"] >= 20
     logged = [step for step, _ in summary["loss_history"]["train"]]
-    assert logged == list(range(10, STEPS + 1, 10))  # the history from before the kill is kept
+    assert logged == [1] + list(range(10, STEPS + 1, 10))  # the history from before the kill is kept
     assert not (out / "checkpoints").exists()
 
     # Every epoch saw every trace exactly once: no batch lost or repeated across the kill.
