@@ -48,7 +48,8 @@ def run(config: ExportConfig) -> dict:
                 reference = None
                 if config.validate:
                     info("Computing the reference outputs of the source model")
-                    reference = build_reference(folder, new_tokens=16, trust_remote_code=config.trust_remote_code)
+                    reference = build_reference(folder, new_tokens=16, threads=threads,
+                                                    trust_remote_code=config.trust_remote_code)
 
                 artifacts, vocab, base_f16 = build_ggufs(config, folder, hf_config, facts, gguf_types, build,
                                                          work, threads)

@@ -73,10 +73,12 @@ def _eos_ids(folder: Path, tokenizer) -> set[int]:
     return ids
 
 
-def build_reference(folder: Path, new_tokens: int, trust_remote_code: bool = False) -> Reference:
+def build_reference(folder: Path, new_tokens: int, threads: int, trust_remote_code: bool = False) -> Reference:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress lines say what is happening
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     corpus = list(TOKEN_CORPUS)
     corpus.append(_render(tokenizer, GREEDY_PROMPTS[0]))
@@ -85,6 +87,19 @@ def build_reference(folder: Path, new_tokens: int, trust_remote_code: bool = Fal
     ref = Reference(tokenizer=tokenizer, eos_ids=_eos_ids(folder, tokenizer), corpus=corpus)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
                                                  trust_remote_code=trust_remote_code).eval()
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _run_reference(model, tokenizer, ref, new_tokens)
+    finally:
+        torch.set_num_threads(torch_threads)
+    del model
+    return ref
+
+
+def _run_reference(model, tokenizer, ref: Reference, new_tokens: int) -> None:
+    import torch
+
     with torch.no_grad():
         for text in GREEDY_PROMPTS:
             ids = tokenizer.encode(_render(tokenizer, text), add_special_tokens=False)
@@ -101,8 +116,6 @@ def build_reference(folder: Path, new_tokens: int, trust_remote_code: bool = Fal
             ref.greedy_logits.append(np.stack(steps))
         ref.held_out = tokenizer.encode(_held_out_text(tokenizer), add_special_tokens=False)[:HELD_OUT_TOKENS]
         ref.held_out_logits = model(torch.tensor([ref.held_out])).logits[0].float().numpy()
-    del model
-    return ref
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
