@@ -54,6 +54,7 @@ def run(cfg: GenerateConfig) -> dict:
 
     from .merge import merge_shards
     from .outputs import decide_and_save, write_outputs
+    from .samples import sampling_record
     from .settings import filter_settings
     from .teacher import plan, sample_teacher, select_shard, shard_dir, teacher_name
 
@@ -70,8 +71,8 @@ def run(cfg: GenerateConfig) -> dict:
         settings = filter_settings(cfg)
         sampling = Sampling(n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_p=cfg.top_p, seed=cfg.seed)
-        sampling_record = {k: v for k, v in vars(sampling).items() if k != "n"}
-        jobs = plan(problems, cfg, template, sampling_record)
+        recorded = sampling_record(sampling)
+        jobs = plan(problems, cfg, template, recorded)
 
         samples_path = out / "samples.jsonl"
         if repair_jsonl_tail(samples_path):
@@ -96,7 +97,7 @@ def run(cfg: GenerateConfig) -> dict:
                 rows.append(row)
         decide_and_save(samples_path, all_rows, rows, settings)
         summary, paths = write_outputs(rows, out, prompts=len(jobs), teacher=teacher_name(cfg),
-                                       sampling=sampling_record, failures=failures,
+                                       sampling=recorded, failures=failures,
                                        ignored_rows=len(all_rows) - len(rows))
         rec.outputs = [samples_path, *paths]
         rec.result = {k: summary[k] for k in ("prompts", "samples", "kept", "dropped", "pass_at_1",

@@ -62,6 +62,9 @@ class GenerateConfig:
                 raise UserError(f"{name}: must be at least 1")
         if not 0 <= self.temperature <= 5 or not 0 < self.top_p <= 1:
             raise UserError("temperature/top_p: temperature must be in [0, 5] and top_p in (0, 1]")
+        for name in ("limit", "max_trace_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"{name}: must be at least 1")
         if self.max_retries < 0 or self.request_timeout <= 0 or self.retry_wait < 0:
             raise UserError("max_retries/request_timeout/retry_wait: must not be negative")
         if not 0 <= self.near_duplicate <= 1:

@@ -14,7 +14,7 @@ from distill.core.progress import progress_bar
 from eval.backends import Sampling, load_backend
 
 from .filters import Deduplicator, FilterSettings, decide_prompt
-from .samples import build_row, sample_id
+from .samples import build_row, sample_id, sampling_record
 
 
 @dataclass
@@ -92,7 +92,7 @@ def sample_teacher(cfg, jobs: list[Job], existing: dict[str, dict], sampling: Sa
     Returns the failures (requests that failed for good); their samples are simply absent, so
     the next run asks for them again."""
     teacher = teacher_name(cfg)
-    record = {k: v for k, v in vars(sampling).items() if k != "n"}
+    record = sampling_record(sampling)
     dedup = Deduplicator(settings.near_duplicate)
     for row in existing.values():
         if row.get("kept"):

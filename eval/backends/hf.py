@@ -50,7 +50,11 @@ def load(target: str, dtype: str = "auto", trust_remote_code: bool = False, batc
         raise UserError(f"dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    from distill.core import progress
+    if progress.QUIET:
+        hf_logging.disable_progress_bar()
     if threads:
         torch.set_num_threads(threads)
     gpu = torch.cuda.is_available()
