@@ -167,3 +167,51 @@ def test_merge_refuses_missing_or_unfinished_shards(job):
     assert generate("--shard", "1/3", out=tmp / "s").exit_code == 0
     result = runner.invoke(cli.app, ["generate", "--merge", "--out", str(tmp / "s")])
     assert result.exit_code == 2 and "shards 0/3, 2/3 are missing" in result.output
+
+
+def echo_reference(user: str, body: dict) -> dict:
+    """A teacher that knows the answers: the number after the last '=' of a GSM8K-style hint."""
+    return {"content": f"<think>\nWorking.\n</think>\n\n\\boxed{{{ANSWERS[user.split(chr(10))[0]]}}}"}
+
+
+ANSWERS: dict[str, str] = {}
+
+
+def test_real_gsm8k_problems(gsm8k_train, tmp_path):
+    rows = [json.loads(line) for line in gsm8k_train.read_text(encoding="utf-8").splitlines()[:6]]
+    ANSWERS.update({r["question"].strip().split("\n")[0]: r["answer"].split("####")[-1].strip().replace(",", "")
+                    for r in rows})
+    with FakeOpenAI(echo_reference) as fake:
+        result = runner.invoke(cli.app, ["generate", "--teacher", f"openai:{fake.url}", "--model", "r1",
+                                         "--prompts", str(gsm8k_train), "--limit", "6", "--n", "1",
+                                         "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    samples = read_jsonl(tmp_path / "out" / "samples.jsonl")
+    assert [s["reference"] for s in samples] == [r["answer"].split("####")[-1].strip().replace(",", "") for r in rows]
+    assert all(s["kept"] for s in samples), [(s["reference"], s["answer"]) for s in samples]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_other_file_formats_and_named_fields(tmp_path, suffix):
+    rows = [{"task": f"What is {i} times 2?", "gold": str(2 * i)} for i in range(3)]
+    path = tmp_path / f"problems{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps({"data": rows}), encoding="utf-8")
+    elif suffix == ".csv":
+        path.write_text("task,gold\n" + "".join(f"{r['task']},{r['gold']}\n" for r in rows), encoding="utf-8")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+    def double(user, body):
+        return {"content": f"\\boxed{{{2 * int(user.split()[2])}}}", "reasoning_content": "times two"}
+    with FakeOpenAI(double) as fake:
+        result = runner.invoke(cli.app, ["generate", "--teacher", f"openai:{fake.url}", "--model", "m",
+                                         "--prompts", str(path), "--question-field", "task", "--answer-field", "gold",
+                                         "--n", "2", "--prompt-template", "plain", "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    summary = read_json(tmp_path / "out" / "summary.json")
+    assert summary["samples"] == 6 and summary["verified"] == 6
+    assert summary["kept"] == 3 and summary["dropped"] == {"duplicate": 3}   # the same trace twice
+    assert {b["messages"][0]["content"] for b in fake.bodies} == {r["task"] for r in rows}   # plain template
