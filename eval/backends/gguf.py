@@ -6,7 +6,9 @@ special tokens parsed and no BOS added (the template writes it where the model w
 is how transformers tokenizes a rendered chat. A sample stops at any end-of-generation token of
 the vocabulary (llama.cpp's `is_eog`), at a stop string, or at the token limit or the end of the
 context ("length"). Sampling uses temperature and top-p only (top-k, min-p and the repeat penalty
-are off; temperature 0 is greedy); sample j of a prompt is seeded with `seed + j`.
+are off; temperature 0 is greedy); sample j of a prompt is seeded with `seed + j`. Every sample
+evaluates its whole prompt afresh (no prefix reuse), so the same prompt and seed always give the
+same text.
 
 Options of `load` (unknown ones are ignored, so callers can pass one set to every backend):
     n_ctx      context window in tokens (8192; 0 takes the model's training context)

@@ -6,8 +6,10 @@ the chat template already wrote them), sorted by length so that a batch wastes l
 left-padded, and each prompt is repeated `n` times in the batch (greedy decoding, temperature 0,
 generates once and copies). A sample stops at the end-of-turn token: the ids in the model's
 generation_config `eos_token_id` plus the tokenizer's eos. `finish_reason` is "length" when the
-token limit was reached without it. Sampling uses exactly temperature and top-p (top-k, min-p
-and repetition penalty are turned off) so that the numbers compare with the other backends.
+token limit was reached without it. Stop strings are looked for in the generated text only
+(never across the prompt) and the text is cut before them. Sampling uses exactly temperature and
+top-p (top-k, min-p and repetition penalty are turned off) so that the numbers compare with the
+other backends.
 
 Options of `load` (unknown ones are ignored, so callers can pass one set to every backend):
     dtype               "auto" (bf16 on a GPU, fp32 on CPU), "float32", "bfloat16", "float16"
