@@ -47,9 +47,16 @@ def _load_hf(target: str, cfg):
     return model.eval()
 
 
+def _require_vocab(target: str, vocab: int, windows: list[list[int]]) -> None:
+    if vocab <= max(max(w) for w in windows):
+        raise UserError(f"{target}: its vocabulary of {vocab} tokens does not hold the reference's token "
+                        "ids; --reference must share the model's tokenizer")
+
+
 def hf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
     import torch
     model = _load_hf(target, cfg)
+    _require_vocab(target, model.get_input_embeddings().num_embeddings, windows)
     with torch.inference_mode():
         for window in windows:
             yield model(torch.tensor([window])).logits[0].float().numpy()
@@ -64,6 +71,7 @@ def gguf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarr
     except Exception as e:  # noqa: BLE001 - llama.cpp raises ValueError/RuntimeError alike
         raise UserError(f"{target}: llama.cpp cannot load the model ({one_line(e)[:200]})") from None
     try:
+        _require_vocab(target, llm.n_vocab(), windows)
         for window in windows:
             llm.reset()
             llm.eval(window)
@@ -75,7 +83,10 @@ def gguf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarr
 def onnx_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
     import onnxruntime_genai as og
     from eval.backends.onnx import open_model, read_genai_config
-    context = int(read_genai_config(Path(target))["model"].get("context_length") or 0)
+    genai = read_genai_config(Path(target))["model"]
+    context = int(genai.get("context_length") or 0)
+    if genai.get("vocab_size"):
+        _require_vocab(target, int(genai["vocab_size"]), windows)
     longest = max(len(w) for w in windows)
     if context and longest > context:
         raise UserError(f"{target}: context of {context} tokens is shorter than the fidelity window "
@@ -98,7 +109,13 @@ LOGITS: dict[str, Callable[[str, list[list[int]], object], Iterator[np.ndarray]]
 
 
 def _windows(tokenizer, text: str, total: int, size: int) -> list[list[int]]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:total]
+    chars = 8 * total  # tokenize only as much text as the windows need (long texts warn and crawl)
+    while True:
+        ids = tokenizer(text[:chars], add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) > total or chars >= len(text):
+            break
+        chars *= 2
+    ids = ids[:total]
     bos = tokenizer.bos_token_id
     adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
     step = size - 1 if adds_bos else size

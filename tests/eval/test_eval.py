@@ -122,8 +122,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.mark.parametrize("case", ["hub-offline", "unknown-name", "no-answers", "no-model-dir", "not-gguf",
-                                  "hf-without-weights", "labels", "drop-without-baseline", "budget-openai"])
-def test_bad_inputs_exit_2_with_one_line(case, stable_model, tmp_path, monkeypatch):
+                                  "hf-without-weights", "labels", "drop-without-baseline", "budget-openai",
+                                  "reference-of-another-tokenizer"])
+def test_bad_inputs_exit_2_with_one_line(case, stable_model, tmp_path, monkeypatch, request):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     model, bench, extra = f"hf:{stable_model}", "demo", ["--limit", "1", "--max-new-tokens", "2"]
@@ -135,7 +136,8 @@ def test_bad_inputs_exit_2_with_one_line(case, stable_model, tmp_path, monkeypat
                 "hf-without-weights": "cannot",
                 "labels": "label: 2 labels for 1 models",
                 "drop-without-baseline": "the drop gate needs both --baseline and --max-drop",
-                "budget-openai": "think_budget: budget forcing"}[case]
+                "budget-openai": "think_budget: budget forcing",
+                "reference-of-another-tokenizer": "--reference must share the model's tokenizer"}[case]
     if case == "hub-offline":
         bench = "gsm8k"
     elif case == "unknown-name":
@@ -157,6 +159,9 @@ def test_bad_inputs_exit_2_with_one_line(case, stable_model, tmp_path, monkeypat
         extra += ["--max-drop", "0.1"]
     elif case == "budget-openai":
         model, extra = "openai:http://127.0.0.1:9/v1", ["--served-model", "m", "--think-budget", "8"]
+    elif case == "reference-of-another-tokenizer":  # SmolLM2's 49152 tokens against the demo's 508
+        other = request.getfixturevalue("tiny_model")("llama")
+        extra += ["--reference", f"hf:{other}", "--fidelity-tokens", "32", "--fidelity-window", "16"]
     out = tmp_path / "out"
     code, lines = _eval("--model", model, "--benchmark", bench, "--speed-tokens", "0", *extra, "--out", str(out))
     assert code == 2, lines
