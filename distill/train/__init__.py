@@ -33,7 +33,7 @@ def run(config: TrainConfig) -> dict:
     from .batching import PackedBatches, PaddedBatches, TraceDataset, split_heldout
     from .chat_format import encode_traces, end_of_turn
     from .checkpoints import MarkCompleteCheckpoints, announce_resume, clear_unusable, resume_point
-    from .report import loss_history, plot_losses, write_model_card
+    from .report import plot_losses, training_summary, write_model_card
     from .traces import load_traces
     from .trainer import DistillTrainer, RichProgress, StepClock, training_arguments
 
@@ -124,30 +124,17 @@ def run(config: TrainConfig) -> dict:
         models.finish_model_folder(staging, tokenizer, eot)
         model_files = _move_into(staging, out)
 
-        history = loss_history(trainer.state.log_history)
-        summary = {
-            "student": config.student, "method": config.method, "lora": config.lora, "packing": config.packing,
-            "end_of_turn": eot.text, "device": _device_name(use_gpu, world), "dtype": str(dtype).split(".")[-1],
-            "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 4),
-            "resumed_from_step": _step_of(resume_from),
-            "samples": {"train": len(train_rows), "heldout": len(heldout_rows), "too_long": too_long},
-            "tokens_seen": int(trainer.state.num_input_tokens_seen),
-            "tokens_per_second": round(trainer.real_tokens * world / clock.seconds, 1) if clock.seconds else None,
-            "padding_fraction": round(1 - trainer.real_tokens / trainer.positions, 4) if trainer.positions else 0.0,
-            "train_seconds": round(clock.seconds, 2),
-            "parameters": {"total": sum(p.numel() for p in trainer.model.parameters()),
-                           "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)},
-            "final": {"train_loss": history["train"][-1][1] if history["train"] else None,
-                      "heldout_loss": history["heldout"][-1][1] if history["heldout"] else None},
-            "loss_history": history,
-            "traces": traces.describe(),
-        }
+        summary = training_summary(config, trainer, clock.seconds, eot.text, _device_name(use_gpu, world), world,
+                                   dtype, _step_of(resume_from), traces.describe(),
+                                   {"train": len(train_rows), "heldout": len(heldout_rows), "too_long": too_long})
         write_json(out / "train_summary.json", summary)
-        plot_losses(history, out / "loss.png", f"{Path(config.student).name} on {traces.describe()['kept_traces']} traces")
+        plot_losses(summary["loss_history"], out / "loss.png",
+                    f"{Path(config.student).name} on {summary['traces']['kept_traces']} traces")
         write_model_card(out / "README.md", config, summary, traces.describe())
         shutil.rmtree(checkpoints, ignore_errors=True)
-        info(f"[green]✓[/] student saved to {out}: {summary['steps']} steps, loss {summary['final']['train_loss']}, "
-             f"held-out {summary['final']['heldout_loss']}, {summary['tokens_per_second']} tokens/s")
+        final = {k: "-" if v is None else f"{v:.4f}" for k, v in summary["final"].items()}
+        info(f"[green]✓[/] student saved to {out}: {summary['steps']} steps, loss {final['train_loss']} "
+             f"(held-out {final['heldout_loss']}), {summary['tokens_per_second']} tokens/s")
         rec.outputs = [out / name for name in model_files + ["train_summary.json", "loss.png", "README.md"]]
         rec.result = {k: summary[k] for k in ("steps", "tokens_seen", "tokens_per_second", "padding_fraction")}
         rec.result.update(summary["final"])

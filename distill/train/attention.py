@@ -2,9 +2,10 @@
 
 transformers can run packed rows through `sdpa` with a block-diagonal mask, but that computes the
 whole row-by-row score matrix (a batch of 16 traces of 150 tokens costs a 2400 x 2400 matrix
-per head and layer) and measured twice as slow as padding on a CPU. Here the samples of the row
-are gathered into a small padded batch, attended with `is_causal=True`, and scattered back, so the
-cost is that of the samples alone and the linear layers still see no padding at all.
+per head and layer) and measured twice as slow as padding on a CPU. Here each sample is attended
+on its own with `is_causal=True`: on a CPU one call per sample (slices, no copies); on a GPU,
+where calls cost more than copies, the samples are gathered into one small padded batch and
+scattered back. Attention costs what the samples alone cost, and the linear layers see no padding.
 
 Registered with transformers' AttentionInterface as `packed_sdpa`; the mask builders do not know
 the name, so no mask is built (the position ids carry the sample boundaries)."""
@@ -17,11 +18,12 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 PACKED_ATTENTION = "packed_sdpa"
+GATHER_ON = ("cuda", "xpu", "mps")  # devices where one padded call beats a call per sample
 _last_layout: list = [None, None]  # (position_ids tensor, its layout): shared by all layers of a forward
 
 
-def _layout(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Gather indices [samples, longest] into the row, and which of them are real."""
+def _layout(position_ids: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Sample lengths, and gather indices [samples, longest] into the row with which are real."""
     if _last_layout[0] is position_ids:
         return _last_layout[1]
     pos = position_ids.reshape(-1)
@@ -30,13 +32,19 @@ def _layout(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int
     restarts[1:] = pos[1:] != pos[:-1] + 1
     starts = torch.nonzero(restarts).flatten()
     lengths = torch.diff(starts, append=starts.new_tensor([total]))
-    longest = int(lengths.max())
-    offsets = torch.arange(longest, device=pos.device)
+    offsets = torch.arange(int(lengths.max()), device=pos.device)
     real = offsets[None, :] < lengths[:, None]
     index = torch.where(real, starts[:, None] + offsets[None, :], 0)
-    layout = (index, real, longest)
+    layout = (lengths.tolist(), index, real)
     _last_layout[:] = [position_ids, layout]
     return layout
+
+
+def _window_mask(length: int, window: int | None, device) -> torch.Tensor | None:
+    if window is None or length <= window:
+        return None
+    i = torch.arange(length, device=device)
+    return (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
 
 
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -52,16 +60,23 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
                                       scaling=scaling, **kwargs)
     if kwargs.get("softcap") is not None:
         raise ValueError("packed_sdpa does not support attention logit soft-capping")
-    index, real, longest = _layout(position_ids)
-    # [1, heads, row, dim] -> [samples, heads, longest, dim]
+    lengths, index, real = _layout(position_ids)
+    gqa = query.shape[1] != key.shape[1]
+    if query.device.type not in GATHER_ON:
+        # On a CPU one attention call per sample is the cheapest: no copies, no padding.
+        outputs, start = [], 0
+        for n in lengths:
+            mask = _window_mask(n, sliding_window, query.device)
+            outputs.append(F.scaled_dot_product_attention(
+                query[:, :, start:start + n], key[:, :, start:start + n], value[:, :, start:start + n],
+                attn_mask=mask, dropout_p=dropout, scale=scaling, is_causal=mask is None, enable_gqa=gqa))
+            start += n
+        return torch.cat(outputs, dim=2).transpose(1, 2), None
+    # On a GPU one call for all samples: [1, heads, row, dim] -> [samples, heads, longest, dim]
     q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))
-    mask, causal = None, True
-    if sliding_window is not None and longest > sliding_window:
-        i = torch.arange(longest, device=q.device)
-        mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < sliding_window)
-        causal = False
+    mask = _window_mask(q.shape[2], sliding_window, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
-                                         is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+                                         is_causal=mask is None, enable_gqa=gqa)
     # [samples, heads, longest, dim] -> [1, row, heads, dim], the layout attention functions return
     return out.transpose(1, 2)[real].unsqueeze(0), None
 

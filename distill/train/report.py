@@ -21,6 +21,32 @@ def loss_history(log_history: list[dict]) -> dict:
     return {"train": train, "heldout": heldout}
 
 
+def training_summary(cfg, trainer, step_seconds: float, end_of_turn: str, device: str, world: int, dtype,
+                     resumed_from_step: int | None, traces_info: dict, samples: dict) -> dict:
+    """train_summary.json. Throughput and padding are measured in this process over this session
+    (scaled by the number of processes); tokens seen and the loss history cover the whole run,
+    resumed sessions included."""
+    history = loss_history(trainer.state.log_history)
+    params = list(trainer.model.parameters())
+    return {
+        "student": cfg.student, "method": cfg.method, "lora": cfg.lora, "packing": cfg.packing,
+        "end_of_turn": end_of_turn, "device": device, "dtype": str(dtype).split(".")[-1],
+        "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 4),
+        "resumed_from_step": resumed_from_step,
+        "samples": samples,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "tokens_per_second": round(trainer.real_tokens * world / step_seconds, 1) if step_seconds else None,
+        "padding_fraction": round(1 - trainer.real_tokens / trainer.positions, 4) if trainer.positions else 0.0,
+        "train_seconds": round(step_seconds, 2),
+        "parameters": {"total": sum(p.numel() for p in params),
+                       "trainable": sum(p.numel() for p in params if p.requires_grad)},
+        "final": {"train_loss": history["train"][-1][1] if history["train"] else None,
+                  "heldout_loss": history["heldout"][-1][1] if history["heldout"] else None},
+        "loss_history": history,
+        "traces": traces_info,
+    }
+
+
 def plot_losses(history: dict, path: Path, title: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from distill.train import attention
 from distill.train.attention import PACKED_ATTENTION
 from distill.train.batching import PackedBatches, PaddedBatches, count_tokens, split_heldout
 from distill.train.chat_format import encode_traces, end_of_turn, targets_of
@@ -29,9 +30,16 @@ def _samples(model_dir):
     return tok, samples
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
-def test_a_packed_row_gives_each_sample_its_own_logits(tiny_model, arch):
-    model_dir = tiny_model(arch)
+WINDOW = {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0}
+
+
+@pytest.mark.parametrize("arch,strategy,overrides", [
+    ("qwen2", "each", {}), ("qwen3", "each", {}), ("llama", "each", {}), ("qwen2", "gathered", {}),
+    ("qwen2", "each", WINDOW), ("qwen2", "gathered", WINDOW)])
+def test_a_packed_row_gives_each_sample_its_own_logits(tiny_model, arch, strategy, overrides, monkeypatch):
+    if strategy == "gathered":  # the GPU strategy, run on the CPU
+        monkeypatch.setattr(attention, "GATHER_ON", ("cpu",))
+    model_dir = tiny_model(arch, **overrides)
     _, samples = _samples(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     alone = [model(input_ids=torch.tensor([s["input_ids"].tolist()]), use_cache=False).logits[0] for s in samples]
