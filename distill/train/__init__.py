@@ -124,7 +124,7 @@ def run(config: TrainConfig) -> dict:
         models.finish_model_folder(staging, tokenizer, eot)
         model_files = _move_into(staging, out)
 
-        summary = training_summary(config, trainer, clock.seconds, eot.text, _device_name(use_gpu, world), world,
+        summary = training_summary(config, trainer, clock, eot.text, _device_name(use_gpu, world), world,
                                    dtype, _step_of(resume_from), traces.describe(),
                                    {"train": len(train_rows), "heldout": len(heldout_rows), "too_long": too_long})
         write_json(out / "train_summary.json", summary)

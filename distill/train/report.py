@@ -21,7 +21,7 @@ def loss_history(log_history: list[dict]) -> dict:
     return {"train": train, "heldout": heldout}
 
 
-def training_summary(cfg, trainer, step_seconds: float, end_of_turn: str, device: str, world: int, dtype,
+def training_summary(cfg, trainer, clock, end_of_turn: str, device: str, world: int, dtype,
                      resumed_from_step: int | None, traces_info: dict, samples: dict) -> dict:
     """train_summary.json. Throughput and padding are measured in this process over this session
     (scaled by the number of processes); tokens seen and the loss history cover the whole run,
@@ -35,9 +35,10 @@ def training_summary(cfg, trainer, step_seconds: float, end_of_turn: str, device
         "resumed_from_step": resumed_from_step,
         "samples": samples,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "tokens_per_second": round(trainer.real_tokens * world / step_seconds, 1) if step_seconds else None,
+        "tokens_per_second": round(trainer.real_tokens * world / clock.seconds, 1) if clock.seconds else None,
         "padding_fraction": round(1 - trainer.real_tokens / trainer.positions, 4) if trainer.positions else 0.0,
-        "train_seconds": round(step_seconds, 2),
+        "train_seconds": round(clock.seconds, 2),
+        "train_cpu_seconds": round(clock.cpu_seconds, 2),
         "parameters": {"total": sum(p.numel() for p in params),
                        "trainable": sum(p.numel() for p in params if p.requires_grad)},
         "final": {"train_loss": history["train"][-1][1] if history["train"] else None,

@@ -10,7 +10,7 @@ from accelerate.utils import DistributedType
 CONFIGS = Path(__file__).resolve().parents[3] / "data" / "accelerate"
 
 
-@pytest.mark.parametrize("name,kind", [("multi-gpu", DistributedType.MULTI_GPU), ("fsdp", DistributedType.FSDP),
+@pytest.mark.parametrize("name,kind", [("ddp", DistributedType.MULTI_GPU), ("fsdp", DistributedType.FSDP),
                                        ("deepspeed-zero3", DistributedType.DEEPSPEED)])
 def test_example_accelerate_configs_parse(name, kind):
     path = CONFIGS / f"{name}.yaml"
