@@ -110,9 +110,14 @@ def evaluate_model(config, rows: list[Row], missing: list[Row], benchmark, templ
     if cached is None and config.speed_tokens and first.kind != "openai":
         figures.update(probe_in_subprocess(first.spec, backend_options(first.kind, config), user_text,
                                            config.speed_tokens))
+    remote_probe = cached is None and config.speed_tokens and first.kind == "openai"
+    if not missing and not remote_probe:  # a finished run asked again: nothing to load
+        if figures["threads"] is None:
+            figures["threads"] = threads_used(None, first.kind, config.threads)
+        return figures
     backend = load_model(first.spec, first.kind, config)
     try:
-        if cached is None and config.speed_tokens and first.kind == "openai":
+        if remote_probe:
             figures.update(probe_speed(backend, backend.render(user_text), config.speed_tokens))
         if figures["threads"] is None:
             figures["threads"] = threads_used(backend, first.kind, config.threads)
@@ -162,11 +167,30 @@ def load_model(spec: str, kind: str, config):
         raise UserError(f"model: {spec}: cannot be loaded ({type(e).__name__}: {one_line(e)[:200]})") from None
 
 
+def precheck_model(kind: str, target: str) -> None:
+    """The checks that need no runtime, so that a wrong path is reported before the first model
+    is evaluated rather than after it (the loaders check the same and more)."""
+    path = Path(target)
+    if kind == "gguf":
+        if not path.is_file():
+            raise UserError(f"model: gguf:{target}: no such file")
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise UserError(f"model: gguf:{target}: not a GGUF file")
+    elif kind == "onnx" and not (path / "genai_config.json").is_file():
+        raise UserError(f"model: onnx:{target}: not an ONNX model folder (no genai_config.json)")
+    elif kind == "hf" and path.exists() and not (path / "config.json").is_file():
+        raise UserError(f"model: hf:{target}: not a Hugging Face model folder (no config.json)")
+    elif kind == "hf" and not path.exists() and (target.startswith((".", "/", "~")) or target.count("/") != 1):
+        raise UserError(f"model: hf:{target}: no such folder (nor a hub id like Qwen/Qwen2.5-1.5B-Instruct)")
+
+
 def resolve_models(config) -> list[tuple[str, str, str, str]]:
     """(label, spec, kind, target) per --model; labels default to the artifact's name."""
     models, taken = [], set(config.label)
     for i, spec in enumerate(config.model):
         kind, target = parse_spec(spec)
+        precheck_model(kind, target)
         spec = f"{kind}:{target}"
         if i < len(config.label):
             label = config.label[i]

@@ -82,15 +82,19 @@ class OnnxBackend:
 
     def generate(self, prompts: list[str], sampling: Sampling,
                  on_done: Callable[[int, list[Completion]], None] | None = None) -> list[list[Completion]]:
-        jobs = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
+        copies = 1 if sampling.temperature == 0 else sampling.n  # greedy: generate once, copy
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(copies)]
         ids = [self.encode(p) for p in prompts]
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in prompts]
         for start in range(0, len(jobs), self.batch_size):
             batch = jobs[start:start + self.batch_size]
             done = self._generate_batch([ids[i] for i, _ in batch], sampling, seed=sampling.seed + start)
             for (i, j), completion in zip(batch, done):
-                results[i][j] = completion
-                if j == sampling.n - 1 and on_done is not None:
+                if copies == 1:
+                    results[i] = [completion] * sampling.n
+                else:
+                    results[i][j] = completion
+                if j == copies - 1 and on_done is not None:
                     on_done(i, results[i])
         return results  # type: ignore[return-value]
 

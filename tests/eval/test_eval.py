@@ -121,7 +121,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["hub-offline", "unknown-name", "no-answers", "no-model-dir", "not-gguf",
+@pytest.mark.parametrize("case", ["hub-offline", "unknown-name", "no-answers", "no-model-dir", "not-gguf", "broken-gguf",
                                   "hf-without-weights", "labels", "drop-without-baseline", "budget-openai",
                                   "reference-of-another-tokenizer"])
 def test_bad_inputs_exit_2_with_one_line(case, stable_model, tmp_path, monkeypatch, request):
@@ -133,6 +133,7 @@ def test_bad_inputs_exit_2_with_one_line(case, stable_model, tmp_path, monkeypat
                 "no-answers": "no answer field found",
                 "no-model-dir": "hf:/no/such/dir: no such folder",
                 "not-gguf": "not a GGUF file",
+                "broken-gguf": "llama.cpp cannot load it",
                 "hf-without-weights": "cannot",
                 "labels": "label: 2 labels for 1 models",
                 "drop-without-baseline": "the drop gate needs both --baseline and --max-drop",
@@ -146,9 +147,12 @@ def test_bad_inputs_exit_2_with_one_line(case, stable_model, tmp_path, monkeypat
         bench = str(_write_jsonl(tmp_path / "questions.jsonl", [{"question": "What is 1 + 1?"}]))
     elif case == "no-model-dir":
         model = "hf:/no/such/dir"
-    elif case == "not-gguf":  # through the speed probe's fresh process
+    elif case == "not-gguf":
         (tmp_path / "fake.gguf").write_bytes(b"GGML" + bytes(64))
-        model, extra = str(tmp_path / "fake.gguf"), ["--limit", "1", "--speed-tokens", "2"]
+        model = str(tmp_path / "fake.gguf")
+    elif case == "broken-gguf":  # the right magic, then garbage: found by the speed probe's process
+        (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(64))
+        model, extra = str(tmp_path / "broken.gguf"), ["--limit", "1", "--speed-tokens", "2"]
     elif case == "hf-without-weights":
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.json").write_text((stable_model / "config.json").read_text())
