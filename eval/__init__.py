@@ -1,33 +1,32 @@
 """`distill eval`: accuracy, fidelity and speed of every model and artifact on the runtime that
 will run it, in one comparable table, with CI gates.
 
-For each model: load it (peak memory measured), probe its single-stream speed, generate the
-responses of every row (the model at each thinking budget) with the same prompts, sampling and
-answer extraction as every other backend, and measure its fidelity to --reference. Then write
-samples.jsonl, report.json, report.md and the plots, print the table and apply the gates."""
+For each model: probe its single-stream speed and memory in a fresh process, load it once to
+generate the responses of every row (the model at each thinking budget) with the same prompts,
+sampling and answer extraction as every other backend, and measure its fidelity to --reference.
+Then write samples.jsonl, report.json, report.md and the plots, print the table and apply the
+gates. A run killed at any point resumes from samples.jsonl.partial and measurements.partial.json."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from distill.core.chat import load_prompt_template, user_message
-from distill.core.errors import GateFailed, UserError, one_line
 from distill.core import progress
+from distill.core.chat import load_prompt_template, user_message
+from distill.core.errors import GateFailed
 from distill.core.progress import info
 from distill.core.records import StageRecord
-from eval.backends import load_backend, parse_spec
 
 from .benchmarks import heldout_text, load_benchmark
 from .fidelity import load_reference, measure_fidelity
 from .gates import check_gates, load_baseline
 from .measurements import MeasurementCache, measurement_key
+from .models import backend_options, load_model, quiet_libraries, resolve_models
 from .plots import BUDGET_PNG, TRADEOFF_PNG, plot_budget, plot_tradeoff
+from .probe import probe_in_subprocess
 from .report import SCHEMA_VERSION, print_table, result_row, write_reports
 from .samples import Row, SampleStore, generate_row, row_key
 from .scoring import summarize
-from .probe import probe_in_subprocess
 from .speed import MEMORY_METHOD, probe_speed, size_on_disk, threads_used
 
 
@@ -130,76 +129,3 @@ def evaluate_model(config, rows: list[Row], missing: list[Row], benchmark, templ
 
 def row_complete(store: SampleStore, row: Row, problems: list[dict], config) -> bool:
     return all(store.have(row.key, p["id"], j) for p in problems for j in range(config.samples))
-
-
-def quiet_libraries() -> None:
-    """--quiet silences the loading bars of transformers and huggingface_hub too, here and in the
-    probe processes."""
-    import sys
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "huggingface_hub" in sys.modules:
-        sys.modules["huggingface_hub"].utils.disable_progress_bars()
-    if "transformers" in sys.modules:
-        sys.modules["transformers"].utils.logging.disable_progress_bar()
-
-
-def backend_options(kind: str, config) -> dict:
-    return {
-        "hf": dict(dtype=config.dtype, trust_remote_code=config.trust_remote_code,
-                   batch_size=config.batch_size, threads=config.threads),
-        "gguf": dict(n_ctx=config.n_ctx, threads=config.threads),
-        "onnx": dict(threads=config.threads, batch_size=config.batch_size,
-                     trust_remote_code=config.trust_remote_code),
-        "openai": dict(model=config.served_model, api_key_env=config.api_key_env,
-                       concurrency=config.concurrency, max_retries=config.max_retries,
-                       request_timeout=config.request_timeout,
-                       extra_body=json.loads(config.request_extra) if config.request_extra else None),
-    }[kind]
-
-
-def load_model(spec: str, kind: str, config):
-    """The backend for `spec`. A model that cannot be loaded is a user error naming it."""
-    try:
-        return load_backend(spec, **backend_options(kind, config))
-    except (UserError, GateFailed):
-        raise
-    except Exception as e:  # noqa: BLE001 - a model that does not load is the user's input at fault
-        raise UserError(f"model: {spec}: cannot be loaded ({type(e).__name__}: {one_line(e)[:200]})") from None
-
-
-def precheck_model(kind: str, target: str) -> None:
-    """The checks that need no runtime, so that a wrong path is reported before the first model
-    is evaluated rather than after it (the loaders check the same and more)."""
-    path = Path(target)
-    if kind == "gguf":
-        if not path.is_file():
-            raise UserError(f"model: gguf:{target}: no such file")
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise UserError(f"model: gguf:{target}: not a GGUF file")
-    elif kind == "onnx" and not (path / "genai_config.json").is_file():
-        raise UserError(f"model: onnx:{target}: not an ONNX model folder (no genai_config.json)")
-    elif kind == "hf" and path.exists() and not (path / "config.json").is_file():
-        raise UserError(f"model: hf:{target}: not a Hugging Face model folder (no config.json)")
-    elif kind == "hf" and not path.exists() and (target.startswith((".", "/", "~")) or target.count("/") != 1):
-        raise UserError(f"model: hf:{target}: no such folder (nor a hub id like Qwen/Qwen2.5-1.5B-Instruct)")
-
-
-def resolve_models(config) -> list[tuple[str, str, str, str]]:
-    """(label, spec, kind, target) per --model; labels default to the artifact's name."""
-    models, taken = [], set(config.label)
-    for i, spec in enumerate(config.model):
-        kind, target = parse_spec(spec)
-        precheck_model(kind, target)
-        spec = f"{kind}:{target}"
-        if i < len(config.label):
-            label = config.label[i]
-        else:
-            base = config.served_model if kind == "openai" else (Path(target).stem if kind == "gguf"
-                                                                  else Path(target.rstrip("/")).name)
-            label, n = base or kind, 2
-            while label in taken:
-                label, n = f"{base}-{n}", n + 1
-        taken.add(label)
-        models.append((label, spec, kind, target))
-    return models
