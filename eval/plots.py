@@ -42,14 +42,19 @@ def plot_tradeoff(rows: list[dict], path: Path) -> Path | None:
     scatter = ax.scatter([r["size_bytes"] / 1e6 for r in points], [100 * r["pass_at_1"] for r in points],
                          c=speeds, cmap="viridis", s=[60 + 4 * min(s, 100) for s in speeds],
                          edgecolors="black", zorder=3)
-    for r in points:
+    # neighbours by size take turns above and below their point, so that labels rarely collide
+    for i, r in enumerate(sorted(points, key=lambda r: r["size_bytes"])):
         ax.annotate(r["label"], (r["size_bytes"] / 1e6, 100 * r["pass_at_1"]), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8)
+                    xytext=(0, 15 if i % 2 == 0 else -20), ha="center", fontsize=8,
+                    arrowprops=dict(arrowstyle="-", color="grey", lw=0.5))
     fig.colorbar(scatter, ax=ax, label="decode tokens/s (single stream)")
     ax.set_xscale("log")
     ax.set_xlabel("size on disk (MB, log scale)")
     ax.set_ylabel("pass@1 (%)")
-    ax.set_ylim(-2, 102)
+    accuracies = [100 * r["pass_at_1"] for r in points]
+    ax.set_ylim(max(-2, min(accuracies) - 12), min(102, max(accuracies) + 12))
+    sizes = [r["size_bytes"] / 1e6 for r in points]
+    ax.set_xlim(min(sizes) / 1.6, max(sizes) * 1.6)
     ax.grid(True, alpha=0.3, zorder=0)
     ax.set_title(f"Accuracy vs size vs speed: {points[0]['benchmark']}")
     return _save(fig, path)
@@ -62,10 +67,12 @@ def plot_budget(rows: list[dict], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in dict.fromkeys(r["label"] for r in rows):
+    markers = "osD^vP*X"
+    for n, label in enumerate(dict.fromkeys(r["label"] for r in rows)):
         line = sorted((r["think_budget"], r["pass_at_1"]) for r in rows
                       if r["label"] == label and r.get("think_budget") and r["pass_at_1"] is not None)
-        ax.plot([b for b, _ in line], [100 * a for _, a in line], marker="o", label=label)
+        ax.plot([b for b, _ in line], [100 * a for _, a in line], marker=markers[n % len(markers)],
+                alpha=0.85, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.set_xlabel("thinking budget (tokens before </think> is forced)")
