@@ -68,12 +68,12 @@ def _looks_special(token: str) -> bool:
 
 
 def vocab_entries(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
-    """One (text, type) per id up to the model's vocab_size; ids the tokenizer lacks (padded
-    embedding rows) become unused placeholders."""
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    """One (text, type) per id up to the model's vocab_size, from a `tokenizers.Tokenizer`; ids
+    the tokenizer lacks (padded embedding rows) become unused placeholders."""
+    by_id = {i: t for t, i in tokenizer.get_vocab(with_added_tokens=True).items()}
     if max(by_id) >= vocab_size:
         raise UserError(f"tokenizer: token id {max(by_id)} does not fit the model's vocab_size {vocab_size}")
-    added = tokenizer.added_tokens_decoder
+    added = tokenizer.get_added_tokens_decoder()
     tokens, types = [], []
     for i in range(vocab_size):
         if i not in by_id:
@@ -84,7 +84,7 @@ def vocab_entries(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
         if i in added:
             # llama.cpp matches added tokens on raw text, so they must be stored as they appear.
             if not added[i].normalized:
-                text = tokenizer.decode([i])
+                text = tokenizer.decode([i], skip_special_tokens=False)
             if added[i].special or _looks_special(text):
                 types.append(gguf.TokenType.CONTROL)
             else:
@@ -95,26 +95,49 @@ def vocab_entries(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def _adds_bos(tokenizer) -> bool:
-    bos = tokenizer.bos_token_id
-    if bos is None:
+def load_backend_tokenizer(folder: Path, trust_remote_code: bool = False):
+    """The `tokenizers.Tokenizer` behind the model's tokenizer. Read straight from tokenizer.json
+    when there is one (importing transformers for this costs more than the whole conversion of
+    a small model); otherwise built by transformers from vocab.json and merges.txt."""
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if path.is_file():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
+            raise UserError(f"{path}: cannot be read by the tokenizers library ({e})") from None
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code).backend_tokenizer
+
+
+def _token_content(entry) -> str | None:
+    if isinstance(entry, dict):
+        entry = entry.get("content")
+    return entry if isinstance(entry, str) else None
+
+
+def _adds_bos(tokenizer, tokenizer_config: dict) -> bool:
+    """Whether the HF tokenizer puts BOS in front by default: tokenizer_config.json's
+    add_bos_token when set, else what tokenizer.json's post-processor does."""
+    bos = _token_content(tokenizer_config.get("bos_token"))
+    bos_id = tokenizer.token_to_id(bos) if bos else None
+    if bos_id is None:
         return False
-    ids = tokenizer.encode("a", add_special_tokens=True)
-    return bool(ids) and ids[0] == bos
+    if isinstance(tokenizer_config.get("add_bos_token"), bool):
+        return tokenizer_config["add_bos_token"]
+    ids = tokenizer.encode("a", add_special_tokens=True).ids
+    return bool(ids) and ids[0] == bos_id
 
 
 def add_vocab(writer: gguf.GGUFWriter, folder: Path, vocab_size: int, pre: str | None,
               trust_remote_code: bool = False) -> dict:
     """Write the tokenizer keys; returns what was chosen (for the manifest)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    tokenizer_json_path = folder / "tokenizer.json"
-    if tokenizer_json_path.is_file():
-        tokenizer_json = json.loads(tokenizer_json_path.read_text(encoding="utf-8"))
-    else:
-        tokenizer_json = json.loads(tokenizer.backend_tokenizer.to_str())
-    detected = detect_pre_tokenizer(tokenizer_json, str(tokenizer_json_path)) if pre is None else pre
+    tokenizer = load_backend_tokenizer(folder, trust_remote_code)
+    tokenizer_json = json.loads(tokenizer.to_str())
+    detected = detect_pre_tokenizer(tokenizer_json, str(folder / "tokenizer.json")) if pre is None else pre
+    config_path = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
 
     tokens, types = vocab_entries(tokenizer, vocab_size)
     writer.add_tokenizer_model("gpt2")
@@ -124,21 +147,27 @@ def add_vocab(writer: gguf.GGUFWriter, folder: Path, vocab_size: int, pre: str |
 
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
     if not special.merges:
+        special.merges = _merges_of(tokenizer_json)
+    if not special.merges:
         raise UserError(f"{folder}: the tokenizer has no BPE merges")
     eos = _generation_eos(folder)
     if eos is not None and eos < vocab_size:
         # The student stops on the token generation_config.json names (train sets it to the
         # end-of-turn token); llama.cpp should stop on the same one.
         special.special_token_ids["eos"] = eos
-    special.add_special_token["bos"] = _adds_bos(tokenizer)
+    special.add_special_token["bos"] = _adds_bos(tokenizer, tokenizer_config)
     special.add_special_token.setdefault("eos", False)
-    if special.chat_template is None and getattr(tokenizer, "chat_template", None):
-        special.chat_template = tokenizer.chat_template
     special.add_to_gguf(writer, quiet=True)
     return {"pre": detected, "pre_detected": pre is None, "tokens": len(tokens),
             "merges": len(special.merges), "special_ids": dict(special.special_token_ids),
             "add_bos": special.add_special_token["bos"],
             "chat_template": special.chat_template is not None}
+
+
+def _merges_of(tokenizer_json: dict) -> list[str]:
+    """Merges as GGUF stores them ("a b"), for tokenizers that had no tokenizer.json on disk."""
+    merges = tokenizer_json.get("model", {}).get("merges") or []
+    return [m if isinstance(m, str) else " ".join(m) for m in merges]
 
 
 def _generation_eos(folder: Path) -> int | None:

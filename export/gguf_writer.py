@@ -186,6 +186,7 @@ def write_gguf(folder: Path, config: dict, facts: ModelFacts, out_path: Path, ft
         raw = t.qtype if t.qtype == gguf.GGMLQuantizationType.BF16 else None
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.int16) if raw else np.dtype(dtype),
                                _nbytes(t.shape, t.qtype), raw_dtype=raw)
+    writer.add_size_label(gguf.size_label(*writer.get_total_parameter_count()))
     try:
         writer.write_header_to_file(path=out_path)
         writer.write_kv_data_to_file()

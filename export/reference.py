@@ -78,15 +78,20 @@ def build_reference(folder: Path, new_tokens: int, threads: int, trust_remote_co
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own progress lines say what is happening
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     corpus = list(TOKEN_CORPUS)
     corpus.append(_render(tokenizer, GREEDY_PROMPTS[0]))
     specials = [t for t in tokenizer.get_added_vocab()][:64]
     corpus.append("x" + " y".join(specials) + "\nz")
     ref = Reference(tokenizer=tokenizer, eos_ids=_eos_ids(folder, tokenizer), corpus=corpus)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
-                                                 trust_remote_code=trust_remote_code).eval()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own progress lines say what is happening
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code).eval()
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -105,12 +110,13 @@ def _run_reference(model, tokenizer, ref: Reference, new_tokens: int) -> None:
             ids = tokenizer.encode(_render(tokenizer, text), add_special_tokens=False)
             tokens, steps = [], []
             out = model(torch.tensor([ids]), use_cache=True)
-            for _ in range(new_tokens):
+            for step in range(new_tokens):
                 logits = out.logits[0, -1].float()
                 token = int(logits.argmax())
                 tokens.append(token)
                 steps.append(logits.numpy().copy())
-                out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+                if step + 1 < new_tokens:
+                    out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
             ref.prompts.append(ids)
             ref.greedy.append(tokens)
             ref.greedy_logits.append(np.stack(steps))

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from distill.core.errors import UserError
 from export.gguf_vocab import (GPT2_REGEX, LLAMA3_REGEX, QWEN2_REGEX, detect_pre_tokenizer,
-                               vocab_entries)
+                               load_backend_tokenizer, vocab_entries)
 from tests.conftest import DEMO_TOKENIZER
 
 
@@ -58,14 +58,15 @@ def test_demo_tokenizer_is_qwen2():
 
 
 def test_vocab_entries_types_and_padding():
-    tokenizer = AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
-    size = len(tokenizer) + 4  # a padded embedding, as Qwen2.5 checkpoints have
+    tokenizer = load_backend_tokenizer(DEMO_TOKENIZER)
+    assert tokenizer.get_vocab(with_added_tokens=True) == AutoTokenizer.from_pretrained(DEMO_TOKENIZER).get_vocab()
+    size = tokenizer.get_vocab_size(with_added_tokens=True) + 4  # padded, as Qwen2.5 checkpoints are
     tokens, types = vocab_entries(tokenizer, size)
     assert len(tokens) == len(types) == size
-    ids = tokenizer.get_vocab()
+    ids = tokenizer.get_vocab(with_added_tokens=True)
     assert types[ids["<|im_start|>"]] == gguf.TokenType.CONTROL and tokens[ids["<|im_start|>"]] == "<|im_start|>"
     assert types[ids["<think>"]] == gguf.TokenType.USER_DEFINED
     assert types[ids["h"]] == gguf.TokenType.NORMAL and tokens[ids["h"]] == "h"
     assert tokens[-1] == f"[PAD{size - 1}]" and types[-1] == gguf.TokenType.UNUSED
     with pytest.raises(UserError, match="vocab_size"):
-        vocab_entries(tokenizer, len(tokenizer) - 1)
+        vocab_entries(tokenizer, size - 5)
