@@ -83,7 +83,7 @@ def run(config: TrainConfig) -> dict:
             teacher = models.load_causal_lm(config.teacher, "teacher", dtype, config.trust_remote_code, attention)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         steps = _planned_steps(config, len(train_rows), world)
-        eval_steps = (config.eval_steps or max(1, steps // 10)) if heldout_rows else None
+        eval_steps = (config.eval_steps or max(1, steps // 5)) if heldout_rows else None
         try:
             args = training_arguments(config, str(checkpoints), use_gpu, bf16, checkpointing, eval_steps,
                                       routed_experts=_has_routed_experts(student_config))

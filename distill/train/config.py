@@ -40,7 +40,7 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, "Gradient clipping (0: off)")
     save_steps: int = option(100, "Checkpoint every N optimizer steps into OUT/checkpoints (removed when training ends)")
     logging_steps: int = option(5, "Log the loss every N steps")
-    eval_steps: Optional[int] = option(None, "Held-out loss every N steps (default: about 10 times per run)")
+    eval_steps: Optional[int] = option(None, "Held-out loss every N steps (default: 5 times per run)")
     lora_target_modules: list[str] = option(["all-linear"], "LoRA: module names to adapt (all-linear: every linear layer but the output head)")
     keep_adapter: bool = option(False, "LoRA: also keep the unmerged adapter in OUT/adapter")
     attn_implementation: Optional[str] = option(None, "Attention kernel: sdpa, eager or flash_attention_2 (default: flash_attention_2 on a GPU when installed, else sdpa)")

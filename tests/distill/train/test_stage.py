@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import cli
 from distill.core.config import build_config
+from distill.core.records import is_up_to_date
 from distill.train import run
 from distill.train.config import TrainConfig
 
@@ -43,8 +44,10 @@ def test_full_sft_with_packing_writes_a_loadable_student(tiny_model, tmp_path):
     dropped = [{**r, "kept": False, "drop_reason": "wrong_answer"} for r in trace_rows(4)]
     traces = write_generate_folder(tmp_path / "gen", trace_rows(24, teacher="hf:tiny-moe-teacher"), dropped)
     out = tmp_path / "student"
-    result = run(_config(student=str(student), traces=str(traces), out=str(out), packing=True,
-                         eval_fraction=0.2, lr=1e-3, eval_steps=3))
+    config = _config(student=str(student), traces=str(traces), out=str(out), packing=True, eval_fraction=0.2,
+                     lr=1e-3, eval_steps=3)
+    result = run(config)
+    assert is_up_to_date("train", config, out)  # `distill run` would skip it now
 
     trained, before = AutoModelForCausalLM.from_pretrained(out), AutoModelForCausalLM.from_pretrained(student)
     pairs = list(zip(before.state_dict().items(), trained.state_dict().items()))
