@@ -176,7 +176,7 @@ def _planned_steps(config: TrainConfig, n_train: int, world: int) -> int:
 
 def _fingerprint(config: TrainConfig, traces_source: str) -> str:
     """Same settings and same traces: a checkpoint of this run can be resumed."""
-    settings = {k: v for k, v in config_dict(config).items() if k != "resume"}
+    settings = {k: v for k, v in config_dict(config).items() if k not in ("resume", "threads")}
     traces_hash = sha256_path(traces_source) if Path(traces_source).exists() else traces_source
     return hashlib.sha256(json.dumps([settings, traces_hash], sort_keys=True, default=str).encode()).hexdigest()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from distill.core.errors import UserError
+from distill.core.io import write_json
 
 from .chat_format import EndOfTurn
 
@@ -110,24 +111,21 @@ def merge_lora(student: str, adapter_dir: Path, dtype: torch.dtype, trust_remote
 
 def finish_model_folder(folder: Path, tokenizer, eot: EndOfTurn) -> None:
     """Make the end-of-turn token the EOS everywhere a runtime looks for it (generation config,
-    model config, tokenizer), keep the model's other stop tokens, and restore inference settings."""
-    from transformers import AutoConfig, GenerationConfig
-    config = AutoConfig.from_pretrained(folder)
-    try:
-        generation = GenerationConfig.from_pretrained(folder)
-    except OSError:
-        generation = GenerationConfig()
-    previous = generation.eos_token_id if generation.eos_token_id is not None else config.eos_token_id
+    model config, tokenizer), keeping the model's other stop tokens, and restore inference
+    settings. The JSON files are edited in place rather than rebuilt, so nothing else changes."""
+    config_path, generation_path = folder / "config.json", folder / "generation_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    generation = json.loads(generation_path.read_text(encoding="utf-8")) if generation_path.is_file() else {}
+    previous = generation.get("eos_token_id", config.get("eos_token_id"))
     previous = previous if isinstance(previous, list) else [previous] if previous is not None else []
     stops = [eot.token_id] + [i for i in previous if i != eot.token_id]
-    generation.eos_token_id = stops if len(stops) > 1 else stops[0]
-    if generation.pad_token_id is None:
-        generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot.token_id
-    if tokenizer.bos_token_id is not None and generation.bos_token_id is None:
-        generation.bos_token_id = tokenizer.bos_token_id
-    generation.save_pretrained(folder)
-    config.eos_token_id = eot.token_id
-    config.use_cache = True
-    config.save_pretrained(folder)
+    generation["eos_token_id"] = stops if len(stops) > 1 else stops[0]
+    if generation.get("pad_token_id") is None:
+        generation["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot.token_id
+    if generation.get("bos_token_id") is None and tokenizer.bos_token_id is not None:
+        generation["bos_token_id"] = tokenizer.bos_token_id
+    config.update(eos_token_id=eot.token_id, use_cache=True)
+    write_json(generation_path, generation)
+    write_json(config_path, config)
     tokenizer.eos_token = eot.text
     tokenizer.save_pretrained(folder)

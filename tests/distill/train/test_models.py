@@ -38,3 +38,24 @@ def test_a_folder_that_is_not_a_causal_lm_is_refused(tmp_path):
         load_model_config(str(DEMO_TOKENIZER), "student", False)
     with pytest.raises(UserError, match="no such folder"):
         load_model_config(str(tmp_path / "missing"), "student", False)
+
+
+def test_the_end_of_turn_token_becomes_the_eos_and_old_stops_are_kept(tmp_path):
+    import json
+
+    from distill.train.chat_format import end_of_turn
+    from distill.train.models import finish_model_folder
+
+    from .helpers import tokenizer_folder
+    tok = AutoTokenizer.from_pretrained(tokenizer_folder("llama3", tmp_path))  # base eos <|end_of_text|>
+    eos, eot = tok.eos_token_id, end_of_turn(tok, "llama3")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "eos_token_id": eos, "use_cache": False}))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "temperature": 0.6}))
+    finish_model_folder(folder, tok, eot)
+    generation = json.loads((folder / "generation_config.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    assert eot.text == "<|eot_id|>" and generation["eos_token_id"] == [eot.token_id, eos]
+    assert generation["temperature"] == 0.6 and config["eos_token_id"] == eot.token_id and config["use_cache"]
+    assert AutoTokenizer.from_pretrained(folder).eos_token == "<|eot_id|>"
