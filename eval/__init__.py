@@ -107,6 +107,7 @@ def evaluate_model(config, rows: list[Row], missing: list[Row], benchmark, templ
     figures = dict(cached) if cached is not None else {
         "size_bytes": size_on_disk(first.kind, first.target), "peak_rss_bytes": None, "threads": None}
     if cached is None and config.speed_tokens and first.kind != "openai":
+        info(f"  speed probe: {config.speed_tokens} tokens, single stream, in a fresh process")
         figures.update(probe_in_subprocess(first.spec, backend_options(first.kind, config), user_text,
                                            config.speed_tokens))
     remote_probe = cached is None and config.speed_tokens and first.kind == "openai"

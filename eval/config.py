@@ -24,7 +24,7 @@ class EvalConfig:
     samples: int = option(1, "Samples per problem (pass@1 averaged over them; maj@k when > 1)")
     temperature: float = option(0.0, "Sampling temperature (0 = greedy; the R1 protocol is 0.6 with 4+ samples)")
     top_p: float = option(1.0, "Nucleus sampling (the R1 protocol uses 0.95)")
-    max_new_tokens: int = option(4096, "Token limit per response")
+    max_new_tokens: int = option(4096, "Token limit per response (with --think-budget: the budget, then --answer-tokens)")
     seed: int = option(0, "Random seed")
     think_budget: list[int] = option([], "Budget forcing: thinking tokens before </think> is forced (several give a curve)")
     answer_tokens: int = option(256, "Tokens the answer may take after a forced </think> (with --think-budget)")
