@@ -35,6 +35,9 @@ def run(config) -> dict:
     out = Path(config.out)
     if progress.QUIET:
         quiet_libraries()
+    if config.samples > 1 and config.temperature == 0:
+        info("[yellow]--samples > 1 with --temperature 0: every sample is the same greedy response "
+             "(the R1 protocol samples at 0.6 with top-p 0.95)[/]")
     with StageRecord("eval", config, out) as rec:
         template = load_prompt_template(config.prompt_template)
         models = resolve_models(config)
