@@ -20,7 +20,8 @@ from .build import build_ggufs, build_onnx_folders, validate_all
 from .config import ExportConfig
 from .gguf_info import describe_gguf
 from .package import artifact_entry, chat_template_of, now, tool_versions, write_card_files, write_tarball
-from .plan import check_out_folder, choose_context, choose_formats, precheck_fit, require_runtimes
+from .plan import (check_out_folder, choose_context, choose_formats, precheck_fit, require_runtimes,
+                   validation_threads)
 from .profiles import fit_report, load_profile, memory_need, profile_summary, require_fit
 from .reference import build_reference
 from .source import model_facts, resolve_model
@@ -42,13 +43,14 @@ def run(config: ExportConfig) -> dict:
         facts = model_facts(folder, hf_config)
         context = choose_context(config, profile, facts)
         precheck_fit(facts, gguf_types, onnx_precisions, profile, context)
+        check_threads = validation_threads(config.threads, threads, facts)
 
         with StageRecord("export", config, out) as rec:
             with atomic_dir(out, overwrite=True) as build:
                 reference = None
                 if config.validate:
                     info("Computing the reference outputs of the source model")
-                    reference = build_reference(folder, new_tokens=16, threads=threads,
+                    reference = build_reference(folder, new_tokens=16, threads=check_threads,
                                                     trust_remote_code=config.trust_remote_code)
 
                 artifacts, vocab, base_f16 = build_ggufs(config, folder, hf_config, facts, gguf_types, build,
@@ -56,7 +58,7 @@ def run(config: ExportConfig) -> dict:
                 artifacts += build_onnx_folders(config, folder, onnx_precisions, build, work, context)
 
                 results, base_result = ({}, None) if reference is None else validate_all(
-                    artifacts, reference, base_f16, threads, config.max_quant_kld)
+                    artifacts, reference, base_f16, check_threads, config.max_quant_kld)
                 failures = [f"base f16: {f}" for f in (base_result or {}).get("failures", [])]
                 entries = []
                 for path, fmt, quant in artifacts:

@@ -78,3 +78,12 @@ def check_out_folder(out: Path, overwrite: bool) -> None:
         raise UserError(f"out: {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"out: {out}: already exists (pass --overwrite to replace it)")
+
+
+def validation_threads(asked: int | None, threads: int, facts: ModelFacts) -> int:
+    """Threads for the checks, which run one token at a time: below ~50M parameters a token is
+    too little work to split, and llama.cpp's spinning thread pool only adds waiting (badly so
+    on a busy machine). An explicit --threads is obeyed."""
+    if asked is not None:
+        return asked
+    return 1 if facts.parameters < 50_000_000 else threads

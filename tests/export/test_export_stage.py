@@ -5,6 +5,7 @@ fails visibly."""
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def test_lora_adapter_is_merged_first(student, tmp_path):
 
     import llama_cpp
     ids = AutoTokenizer.from_pretrained(base).encode("12 + 30 = 42, so the answer is", add_special_tokens=False)
-    llm = llama_cpp.Llama(str(out / "model-f32.gguf"), n_ctx=64, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(str(out / "model-f32.gguf"), n_ctx=64, logits_all=True, verbose=False,
+                          n_threads=1, n_threads_batch=1)
     llm.eval(ids)
     got = np.array(llm.scores[: len(ids)])
     llm.close()
@@ -163,3 +165,14 @@ def test_wrong_pre_tokenizer_is_caught(student, tmp_path):
     assert result.exit_code == 3 and "token ids differ from the HF tokenizer" in result.output
     tokenizer = json.loads((out / "manifest.json").read_text())["artifacts"][0]["validation"]["tokenizer"]
     assert not tokenizer["match"] and tokenizer["mismatches"]
+
+
+def test_pipeline_skips_an_unchanged_export(student, tmp_path):
+    from distill.pipeline import PipelineConfig, run
+    shutil.copytree(student("qwen2"), tmp_path / "run" / "student")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("export:\n  gguf: [f16]\n  threads: 1\n")
+    first = run(PipelineConfig(str(pipeline), str(tmp_path / "run")))
+    assert first["export"]["status"] == "ran" and first["export"]["result"]["validation_passed"]
+    again = run(PipelineConfig(str(pipeline), str(tmp_path / "run")))
+    assert again["export"]["status"] == "skipped"

@@ -27,7 +27,7 @@ def _hf(folder):
 
 def _llama(path, **kw):
     import llama_cpp
-    return llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, **kw)
+    return llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, n_threads_batch=1, **kw)
 
 
 def _llama_logits(path, ids):

@@ -39,7 +39,7 @@ def test_smollm2_f16_matches_the_hf_model(smollm2_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
     with torch.no_grad():
         hf = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)[0, len(ids):].tolist()
-    llm = llama_cpp.Llama(str(out / artifact["path"]), n_ctx=256, n_threads=1, verbose=False)
+    llm = llama_cpp.Llama(str(out / artifact["path"]), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
     try:
         assert llm.tokenize(prompt.encode(), special=True) == ids
         completion = llm.create_completion(prompt, max_tokens=20, temperature=0.0, top_k=1)
