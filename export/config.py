@@ -27,7 +27,7 @@ GGUF_PRE_TOKENIZERS = ("qwen2", "llama-bpe", "llama3", "smollm", "gpt-2", "deeps
 class ExportConfig:
     model: str = option("student", "Trained student folder (LoRA adapter folders are merged first)", input=True)
     out: str = option("export", "Output folder")
-    gguf: list[str] = option([], f"GGUF types, comma-separated ({', '.join(GGUF_TYPES)})")
+    gguf: list[str] = option([], f"GGUF types, comma-separated ({', '.join(GGUF_TYPES)}); with neither --gguf nor --onnx (nor a --target): {','.join(DEFAULT_GGUF)} and ONNX {','.join(DEFAULT_ONNX)}")
     onnx: list[str] = option([], f"ONNX precisions, comma-separated ({', '.join(ONNX_PRECISIONS)})")
     target: Optional[str] = option(None, "Device profile (rpi5-8gb, rpi4-4gb, laptop-cpu, or a YAML file) adding its formats, context length and memory check")
     context_length: Optional[int] = option(None, "Context length the artifacts are checked to fit (default: the profile's, at most the model's)")
@@ -37,7 +37,7 @@ class ExportConfig:
     max_quant_kld: float = option(1.0, "Fail when a quantized GGUF's mean KL divergence from the f16 one exceeds this (nats)")
     overwrite: bool = option(False, "Replace an existing output folder")
     tarball: bool = option(False, "Also write a .tar.gz with the target's artifacts")
-    threads: Optional[int] = option(None, "CPU threads for quantization and validation (default: all cores)")
+    threads: Optional[int] = option(None, "CPU threads for quantization and validation (default: all cores; the checks of models under 50M parameters use one)")
     trust_remote_code: bool = option(False, "Allow model repositories to run their own code")
 
     def check(self) -> None:

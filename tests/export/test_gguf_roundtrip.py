@@ -133,3 +133,20 @@ def test_untied_output_and_llama3_rope_scaling(student, tmp_path):
     unscaled = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, rope_parameters={
         "rope_type": "default", "rope_theta": 10000.0}).eval()
     assert np.abs(_hf_logits(unscaled, ids) - reference).max() / np.abs(reference).max() > 1e-2
+
+
+def test_bf16_and_sharded_checkpoints(student, tmp_path):
+    """A bf16 checkpoint split over several safetensors files gives the same bf16 GGUF tensors,
+    bit for bit."""
+    model = _hf(student("qwen2")).to(torch.bfloat16)
+    folder = tmp_path / "sharded"
+    model.save_pretrained(folder, max_shard_size="40KB")
+    AutoTokenizer.from_pretrained(student("qwen2")).save_pretrained(folder)
+    assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("*.safetensors"))) > 2
+    config = check_model_folder(folder)
+    facts = model_facts(folder, config)
+    assert facts.dtype == "bf16" and facts.parameters == sum(p.numel() for p in model.parameters())
+    out = tmp_path / "m-bf16.gguf"
+    write_gguf(folder, config, facts, out, "bf16", "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.bfloat16).state_dict()
+    assert all(torch.equal(loaded[name], weight) for name, weight in model.state_dict().items())
