@@ -153,11 +153,12 @@ class HFBackend:
 
     def _sampling_kwargs(self, sampling: Sampling) -> dict:
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=self.eos_ids,
-                      pad_token_id=self.pad_id, top_k=0, min_p=None, repetition_penalty=1.0)
+                      pad_token_id=self.pad_id, min_p=None, repetition_penalty=1.0)
         if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            # top_k=0 turns off the top-k=50 a checkpoint's generation_config may carry.
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         else:
-            kwargs.update(do_sample=False, temperature=1.0, top_p=1.0)
+            kwargs.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=None)
         return kwargs
 
     def close(self) -> None:
