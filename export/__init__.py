@@ -20,8 +20,8 @@ from .build import build_ggufs, build_onnx_folders, validate_all
 from .config import ExportConfig
 from .gguf_info import describe_gguf
 from .package import artifact_entry, chat_template_of, now, tool_versions, write_card_files, write_tarball
-from .plan import (check_out_folder, choose_context, choose_formats, precheck_fit, require_runtimes,
-                   validation_threads)
+from .plan import (check_out_folder, choose_context, choose_formats, precheck_fit,
+                   remove_stale_temporaries, require_runtimes, validation_threads)
 from .profiles import fit_report, load_profile, memory_need, profile_summary, require_fit
 from .reference import build_reference
 from .source import model_facts, resolve_model
@@ -37,6 +37,8 @@ def run(config: ExportConfig) -> dict:
     threads = config.threads or os.cpu_count() or 1
     out_existed = out.exists()
     out.parent.mkdir(parents=True, exist_ok=True)
+    for name in remove_stale_temporaries(out):
+        info(f"Removed {name}, left by an export that was stopped")
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.work.", dir=out.parent))
     try:
         folder, hf_config, merged = resolve_model(config.model, work, config.trust_remote_code)

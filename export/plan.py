@@ -3,10 +3,12 @@ so that bad requests fail in a second with nothing written."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Optional
 
 from distill.core.errors import UserError
+from distill.core.io import TMP_PREFIX
 
 from .config import DEFAULT_GGUF, DEFAULT_ONNX, GGUF_FLOAT_TYPES, ExportConfig
 from .profiles import Profile, estimated_size, fit_report, require_fit
@@ -87,3 +89,15 @@ def validation_threads(asked: int | None, threads: int, facts: ModelFacts) -> in
     if asked is not None:
         return asked
     return 1 if facts.parameters < 50_000_000 else threads
+
+
+def remove_stale_temporaries(out: Path) -> list[str]:
+    """Hidden build folders an earlier export to the same place left when it was killed (they
+    can hold gigabytes); a finished export never leaves one."""
+    removed = []
+    if out.parent.is_dir():
+        for path in out.parent.glob(f"{TMP_PREFIX}{out.name}.*"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+    return removed

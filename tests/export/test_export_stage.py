@@ -5,8 +5,13 @@ fails visibly."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +181,24 @@ def test_pipeline_skips_an_unchanged_export(student, tmp_path):
     assert first["export"]["status"] == "ran" and first["export"]["result"]["validation_passed"]
     again = run(PipelineConfig(str(pipeline), str(tmp_path / "run")))
     assert again["export"]["status"] == "skipped"
+
+
+def test_killed_export_leaves_nothing_finished_and_reruns(student, tmp_path):
+    repo = Path(cli.__file__).resolve().parent
+    out = tmp_path / "export"
+    args = ["export", "--quiet", "--model", str(student("qwen2")), "--out", str(out), "--gguf", "f16,q8_0",
+            "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=repo, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(repo)})
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".tmp-export.*/model-f16.gguf")) and time.time() < deadline:
+        assert proc.poll() is None, "the export ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists() and not (out / "model-f16.gguf").exists()
+
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["validation"]["passed"]
+    assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
