@@ -84,7 +84,7 @@ def build_tiny_model(arch: str, tokenizer_dir: Path, out: Path, seed: int = 0, l
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
     config = getattr(transformers, config_name)(
-        vocab_size=len(tok), num_hidden_layers=layers, max_position_embeddings=1024,
+        vocab_size=overrides.pop("vocab_size", len(tok)), num_hidden_layers=layers, max_position_embeddings=1024,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=eos,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos,
         **{**kwargs, **overrides})

@@ -21,7 +21,7 @@ def problem_id(question: str, reference: str) -> str:
     return hashlib.sha256(f"{question}\0{reference}".encode()).hexdigest()[:16]
 
 
-def _read_rows(src: str) -> list[dict]:
+def read_rows(src: str) -> list[dict]:
     path = Path(src)
     suffix = path.suffix.lower()
     if path.is_dir():
@@ -57,7 +57,7 @@ def _read_rows(src: str) -> list[dict]:
     raise UserError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json, .parquet or .csv)")
 
 
-def _load_hub(spec: str) -> list[dict]:
+def load_hub(spec: str) -> list[dict]:
     """`name[:config][@split]`, e.g. `openai/gsm8k:main@test`."""
     name, _, split = spec.partition("@")
     name, _, config = name.partition(":")
@@ -95,9 +95,9 @@ def load_problems(src: str, question_field: str | None = None, answer_field: str
         from data.demo_task import load_split
         rows = load_split(demo_split)
     elif Path(src).exists():
-        rows = _read_rows(src)
+        rows = read_rows(src)
     elif "/" in src and not Path(src).suffix and not src.startswith((".", "/")):
-        rows = _load_hub(src)
+        rows = load_hub(src)
     else:
         raise UserError(f"{src}: no such file (nor a Hugging Face dataset name like "
                         "openai/gsm8k:main@test)")

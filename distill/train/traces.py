@@ -12,7 +12,7 @@ from pathlib import Path
 from distill.core.chat import load_prompt_template, user_message
 from distill.core.errors import UserError
 from distill.core.io import read_json, read_jsonl
-from distill.core.problems import _load_hub, _read_rows
+from distill.core.problems import load_hub, read_rows
 
 PROBLEM_FIELDS = ("problem", "question")
 REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
@@ -49,22 +49,22 @@ def _read_source(src: str) -> tuple[list[dict], str, Path | None]:
     path = Path(src)
     if path.is_dir() and not _is_saved_dataset(path):
         if _is_saved_dataset(path / "traces"):
-            return _read_rows(str(path / "traces")), str(path / "traces"), path
+            return read_rows(str(path / "traces")), str(path / "traces"), path
         if (path / "samples.jsonl").is_file():
             return read_jsonl(path / "samples.jsonl", tolerate_torn_tail=True), str(path / "samples.jsonl"), path
         raise UserError(f"traces: {path}: holds neither a traces/ dataset nor samples.jsonl "
                         "(give the output folder of `distill generate`, or a dataset file)")
     if path.is_dir():
         parent = path.parent if (path.parent / "samples.jsonl").is_file() or (path.parent / "summary.json").is_file() else None
-        return _read_rows(str(path)), str(path), parent
+        return read_rows(str(path)), str(path), parent
     if path.is_file():
         if path.suffix.lower() == ".jsonl":
             rows = read_jsonl(path, tolerate_torn_tail=path.name == "samples.jsonl")
         else:
-            rows = _read_rows(str(path))
+            rows = read_rows(str(path))
         return rows, str(path), path.parent if (path.parent / "summary.json").is_file() else None
     if "/" in src and not path.suffix and not src.startswith((".", "/")):
-        return _load_hub(src), src, None
+        return load_hub(src), src, None
     raise UserError(f"traces: {src}: no such file or folder")
 
 
