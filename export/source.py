@@ -16,9 +16,6 @@ SUPPORTED = {
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
     "qwen3": ("qwen3", "Qwen3ForCausalLM"),
 }
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-                   "chat_template.json", "generation_config.json")
 
 
 @dataclass
@@ -78,9 +75,8 @@ def check_model_folder(folder: Path, field: str = "model") -> dict:
         archs = ",".join(config.get("architectures") or []) or "unknown"
         raise UserError(f"{config_path}: model_type '{model_type}' ({archs}) cannot be exported; "
                         f"supported architectures: {supported_list()}")
-    if (folder / "tokenizer.json").is_file():
-        pass
-    elif not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+    bpe_files = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not (folder / "tokenizer.json").is_file() and not bpe_files:
         raise UserError(f"{field}: {folder}: no tokenizer files (expected tokenizer.json, or "
                         "vocab.json and merges.txt)")
     safetensors_files(folder)
@@ -111,6 +107,9 @@ def model_facts(folder: Path, config: dict) -> ModelFacts:
                     n *= d
                 parameters += n
                 dtype = str(sl.get_dtype()).lower()
+    for key in ("num_attention_heads", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"):
+        if not isinstance(config.get(key), int):
+            raise UserError(f"{folder / 'config.json'}: field '{key}' is missing or not an integer")
     heads = config["num_attention_heads"]
     hidden = config["hidden_size"]
     return ModelFacts(
