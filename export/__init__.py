@@ -19,7 +19,8 @@ from distill.core.records import StageRecord
 from .build import build_ggufs, build_onnx_folders, validate_all
 from .config import ExportConfig
 from .gguf_info import describe_gguf
-from .package import artifact_entry, chat_template_of, now, tool_versions, write_card_files, write_tarball
+from .package import (artifact_entry, chat_template_of, now, tool_versions, usual_permissions,
+                      write_card_files, write_tarball)
 from .plan import (check_out_folder, choose_context, choose_formats, precheck_fit,
                    remove_stale_temporaries, require_runtimes, validation_threads)
 from .profiles import fit_report, load_profile, memory_need, profile_summary, require_fit
@@ -94,6 +95,7 @@ def run(config: ExportConfig) -> dict:
                 }
                 card_files = write_card_files(build, manifest, profile, chat_template_of(folder))
                 write_json(build / "manifest.json", manifest)
+                usual_permissions(build)
                 if config.tarball:
                     members = [e["path"] for e in entries
                                if profile is None or e["quant"] in getattr(profile, e["format"])]
@@ -102,6 +104,7 @@ def run(config: ExportConfig) -> dict:
                     manifest["packages"] = [write_tarball(build, build / tar_name,
                                                           members + card_files + ["manifest.json"])]
                     write_json(build / "manifest.json", manifest)
+                    usual_permissions(build)
 
             rec.outputs = [out / e["path"] for e in entries] + [out / "manifest.json"] + \
                 [out / f for f in card_files] + [out / p["path"] for p in manifest.get("packages", [])]

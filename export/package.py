@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import os
 import tarfile
 from pathlib import Path
 from typing import Optional
@@ -141,6 +142,16 @@ def write_tarball(out: Path, tar_path: Path, members: list[str]) -> dict:
                 tar.add(out / rel, arcname=f"{tar_path.name[:-len('.tar.gz')]}/{rel}")
     return {"path": tar_path.name, "bytes": tar_path.stat().st_size, "sha256": sha256_path(tar_path),
             "members": members}
+
+
+def usual_permissions(folder: Path) -> None:
+    """Temporary files and folders are created private (0600/0700); the finished export gets the
+    permissions the user's umask gives any new file, so that a service account (Ollama,
+    llama-server) or a tarball's recipient can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def now() -> str:
