@@ -60,7 +60,8 @@ def smollm2_dir() -> Path:
         with atomic_dir(out) as tmp:
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model.config.quantization_config = None
+            # Saved as plain dequantized float weights, not as a GGUF-quantized model.
+            model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(tmp)
