@@ -187,7 +187,8 @@ def test_real_gsm8k_problems(gsm8k_train, tmp_path):
                                          "--out", str(tmp_path / "out"), "-q"])
     assert result.exit_code == 0, result.output
     samples = read_jsonl(tmp_path / "out" / "samples.jsonl")
-    assert [s["reference"] for s in samples] == [r["answer"].split("####")[-1].strip().replace(",", "") for r in rows]
+    # Concurrent requests finish in any order; samples.jsonl is written as they arrive.
+    assert sorted(s["reference"] for s in samples) == sorted(r["answer"].split("####")[-1].strip().replace(",", "") for r in rows)
     assert all(s["kept"] for s in samples), [(s["reference"], s["answer"]) for s in samples]
 
 

@@ -1,0 +1,55 @@
+"""End to end: `distill demo --quick` runs the bundled pipeline offline, and a rerun skips every
+finished stage."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = ["teacher", "student", "student-gguf-f16", "student-gguf-q8_0", "student-gguf-q4_k_m",
+        "student-onnx-int4"]
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    if not (REPO / "data" / "models" / "demo-teacher" / "config.json").is_file():
+        pytest.fail("data/models/demo-teacher is missing: rebuild it with python -m data.build.train_teacher")
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "cli", "demo", "--quick", "--quiet", "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    for stage, folder in [("generate", "traces"), ("train", "student"), ("export", "export"), ("eval", "eval")]:
+        assert (out / folder / f"{stage}.json").is_file(), f"{folder}/{stage}.json missing"
+
+    report = json.loads((out / "eval" / "report.json").read_text())
+    labels = [row["label"] for row in report["results"]]
+    assert labels == ROWS
+    for row in report["results"]:
+        assert 0.0 <= row["pass_at_1"] <= 1.0
+        assert row["size_bytes"] > 0 and row["decode_tokens_per_s"] > 0
+    by_label = {row["label"]: row for row in report["results"]}
+    assert by_label["student"]["size_bytes"] < by_label["teacher"]["size_bytes"]
+
+    manifest = json.loads((out / "export" / "manifest.json").read_text())
+    kinds = {(a["format"], a["quant"]) for a in manifest["artifacts"]}
+    assert {("gguf", "f16"), ("gguf", "q8_0"), ("gguf", "q4_k_m"), ("onnx", "int4")} <= kinds
+    for artifact in manifest["artifacts"]:
+        path = out / "export" / artifact["path"]
+        assert path.exists() and artifact["bytes"] > 0 and len(artifact["sha256"]) == 64
+        assert artifact["validation"], artifact
+    assert (out / "eval" / "report.md").is_file()
+    assert list((out / "eval").glob("*.png"))
+
+    records = {p: p.read_text() for p in out.glob("*/*.json") if p.name in
+               ("generate.json", "train.json", "export.json", "eval.json")}
+    assert len(records) == 4
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for path, text in records.items():                  # every stage skipped: records untouched
+        assert path.read_text() == text, f"{path} was rewritten on an unchanged rerun"
