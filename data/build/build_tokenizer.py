@@ -68,6 +68,10 @@ def build(out: Path, vocab_size: int = 1024) -> Path:
     config = json.loads(config_path.read_text())
     config["tokenizer_class"] = "Qwen2Tokenizer"
     config_path.write_text(json.dumps(config, indent=2) + "\n")
+    # Save once more through the Qwen2Tokenizer class, so that tokenizer.json is exactly what every
+    # model folder saved with this tokenizer will carry (that class adds Qwen2's NFC normalizer).
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(out).save_pretrained(out)
     return out
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from distill.core.io import atomic_dir, atomic_path
 from distill.core.progress import info, progress_bar
 
 IGNORE = -100
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def set_threads(threads: int | None) -> None:
@@ -215,10 +217,11 @@ def pass_at_1(model, tokenizer, rows: list[dict], *, temperature: float = 0.0, t
             "temperature": temperature, "top_p": top_p, "samples": samples, "failures": failures}
 
 
-def save_model(model, tokenizer, out: Path, dtype: torch.dtype, extra_files: dict[str, str] | None = None) -> Path:
+def save_model(model, tokenizer, out: Path, dtype: torch.dtype, tokenizer_dir: Path) -> Path:
     """A from_pretrained folder: safetensors weights in `dtype` (the model is left in it), the
-    tokenizer with its chat template, and a generation config that stops at the end-of-turn
-    token."""
+    tokenizer files copied byte for byte from `tokenizer_dir` (a save_pretrained would rewrite
+    them with this session's padding side and library defaults), and a generation config that
+    stops at the end-of-turn token."""
     from transformers import GenerationConfig
 
     eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
@@ -228,7 +231,6 @@ def save_model(model, tokenizer, out: Path, dtype: torch.dtype, extra_files: dic
                                                bos_token_id=None, do_sample=False)
     with atomic_dir(out) as tmp:
         model.to(dtype).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(tokenizer_dir / name, tmp / name)
     return out

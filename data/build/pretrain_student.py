@@ -163,7 +163,7 @@ def main() -> None:
                        pad_id=tokenizer.pad_token_id, work_dir=args.work, seed=args.seed,
                        checkpoint_every=250, fingerprint=settings_fingerprint(args))
     train_info["minutes"] = round((time.time() - started) / 60)
-    save_model(model, tokenizer, args.out, torch.float32)
+    save_model(model, tokenizer, args.out, torch.float32, asset("models", "demo-tokenizer"))
     size_mb = (args.out / "model.safetensors").stat().st_size / 1e6
     (args.out / "README.md").write_text(model_card(args, n_params, size_mb, train_info, texts[0]))
     info(json.dumps({"params": n_params, "size_mb": round(size_mb, 2), **train_info}))

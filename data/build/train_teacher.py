@@ -131,7 +131,7 @@ def main() -> None:
                        on_checkpoint=lambda s: probe(s) if s % 500 == 0 else None)
     train_info["minutes"] = round((time.time() - started) / 60)
 
-    save_model(model, tokenizer, args.out, torch.bfloat16)
+    save_model(model, tokenizer, args.out, torch.bfloat16, asset("models", "demo-tokenizer"))
     shipped = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32)
     results = {"greedy": pass_at_1(shipped, tokenizer, test),
                "sampled": pass_at_1(shipped, tokenizer, test, temperature=0.6, top_p=0.95,
