@@ -47,7 +47,7 @@ def fine_tune(student_dir: Path, tokenizer, examples: list[dict], args, out: Pat
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     training = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs,
-        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_ratio=args.warmup_ratio,
+        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=args.warmup_ratio,
         weight_decay=0.0, logging_steps=10, save_strategy="no", report_to=[], use_cpu=True,
         seed=args.seed, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
     trainer = Trainer(model=model, args=training, train_dataset=examples,

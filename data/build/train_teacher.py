@@ -77,10 +77,11 @@ template with the assistant turn opened by `<think>\\n`); scoring: `split_respon
 
 ## Rebuild
 
-    python -m data.build.train_teacher --threads 2
+    python -m data.build.train_teacher --threads {args.threads or 'N'}
 
-(about {train_info.get('minutes', '?')} minutes on 2 CPU cores; a killed build resumes from
-`{DEFAULT_WORK.relative_to(Path.home()).as_posix()}` under the home folder.)
+It took {train_info.get('minutes', '?')} minutes with {args.threads or 'all'} CPU thread(s) on a shared
+2-core machine. The build is seeded; a killed build resumes from its checkpoint in
+`~/{DEFAULT_WORK.relative_to(Path.home()).as_posix()}`.
 """
 
 
