@@ -46,6 +46,31 @@ class Completion:
     error: str | None = None           # set when the request failed for good (openai)
 
 
+class Collector:
+    """Gathers the completions of `n_prompts` prompts as they finish, in any order, and calls
+    `on_done(i, completions)` as soon as prompt i has all of them. Greedy decoding asks for one
+    copy per prompt and repeats it `n` times (every sample would be the same)."""
+
+    def __init__(self, n_prompts: int, sampling: Sampling, on_done=None):
+        self.copies = 1 if sampling.temperature == 0 else sampling.n
+        self.n, self.on_done = sampling.n, on_done
+        self.results: list[list] = [[None] * sampling.n for _ in range(n_prompts)]
+        self._missing = [self.copies] * n_prompts
+
+    def jobs(self) -> list[tuple[int, int]]:
+        """(prompt index, copy index) for every generation to run."""
+        return [(i, j) for i in range(len(self.results)) for j in range(self.copies)]
+
+    def add(self, i: int, j: int, completion: Completion) -> None:
+        if self.copies == 1:
+            self.results[i] = [completion] * self.n
+        else:
+            self.results[i][j] = completion
+        self._missing[i] -= 1
+        if self._missing[i] == 0 and self.on_done is not None:
+            self.on_done(i, self.results[i])
+
+
 # name -> "module:function"; modules are imported on first use so that optional runtimes
 # (llama.cpp, onnxruntime-genai) are only loaded when asked for.
 BACKENDS: dict[str, str] = {

@@ -31,7 +31,7 @@ from pathlib import Path
 from distill.core.chat import render_prompt
 from distill.core.errors import UserError
 
-from . import Completion, Sampling
+from . import Collector, Completion, Sampling
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -96,23 +96,14 @@ class HFBackend:
         import torch
 
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        copies = 1 if sampling.temperature == 0 else sampling.n
-        rows = sorted(((i, j) for i in range(len(prompts)) for j in range(copies)),
-                      key=lambda ij: -len(encoded[ij[0]]))
-        results: list[list[Completion | None]] = [[None] * sampling.n for _ in prompts]
-        missing = [copies] * len(prompts)
+        collector = Collector(len(prompts), sampling, on_done)
+        rows = sorted(collector.jobs(), key=lambda ij: -len(encoded[ij[0]]))
         torch.manual_seed(sampling.seed)
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
             for (i, j), completion in zip(batch, self._generate_batch([encoded[i] for i, _ in batch], sampling)):
-                if copies == 1:
-                    results[i] = [completion] * sampling.n
-                else:
-                    results[i][j] = completion
-                missing[i] -= 1
-                if missing[i] == 0 and on_done is not None:
-                    on_done(i, results[i])
-        return results  # type: ignore[return-value]
+                collector.add(i, j, completion)
+        return collector.results
 
     def _generate_batch(self, token_lists: list[list[int]], sampling: Sampling) -> list[Completion]:
         import torch

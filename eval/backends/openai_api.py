@@ -40,7 +40,7 @@ import time
 
 from distill.core.errors import UserError
 
-from . import Completion, Sampling
+from . import Collector, Completion, Sampling
 
 MAX_WAIT_S = 60.0
 
@@ -147,29 +147,22 @@ class OpenAIBackend:
     async def _generate_all(self, prompts, sampling, on_done):
         from openai import AsyncOpenAI, Timeout
 
-        copies = 1 if sampling.temperature == 0 else sampling.n
+        collector = Collector(len(prompts), sampling, on_done)
         client = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
                              timeout=Timeout(self.request_timeout, connect=min(30.0, self.request_timeout)))
-        results: list[list] = [[None] * sampling.n for _ in prompts]
-        missing = [copies] * len(prompts)
-        queue = iter([(i, j) for i in range(len(prompts)) for j in range(copies)])
+        jobs = collector.jobs()
+        queue = iter(jobs)
 
         async def worker():
             for i, j in queue:
                 completion = await self._with_retries(client, prompts[i], sampling, sampling.seed + j)
-                if copies == 1:
-                    results[i] = [completion] * sampling.n
-                else:
-                    results[i][j] = completion
-                missing[i] -= 1
-                if missing[i] == 0 and on_done is not None:
-                    on_done(i, results[i])
+                collector.add(i, j, completion)
 
         try:
-            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(prompts) * copies) or 1)))
+            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(jobs)) or 1)))
         finally:
             await client.close()
-        return results
+        return collector.results
 
     async def _with_retries(self, client, user_text: str, sampling: Sampling, seed: int) -> Completion:
         import openai
