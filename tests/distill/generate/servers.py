@@ -26,6 +26,14 @@ from typing import Callable
 FAULTS = ("error500", "error429", "drop", "stall", "cut_stream")
 
 
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A client hanging up mid-response is what these tests provoke; socketserver would print
+    its traceback to stderr, where the CLI's one-line error is being checked."""
+
+    def handle_error(self, request, client_address) -> None:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,7 +93,7 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self._server = QuietHTTPServer(("127.0.0.1", free_port()), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
