@@ -1,0 +1,103 @@
+"""The demo model builds: R1 training examples score only the assistant turn, the student base's
+pretraining text is not the demo task, and a killed build resumes to the same weights."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from data.build.common import IGNORE, batch_order, chat_examples, r1_completion, train
+from data.build.pretrain_student import document
+from data.demo_task import load_split
+from tests.conftest import DEMO_TOKENIZER
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(DEMO_TOKENIZER)
+
+
+def test_chat_examples_score_only_the_assistant_turn(tokenizer):
+    row = load_split("train")[0]
+    completion = r1_completion(row["reasoning"], row["answer"])
+    assert completion == f"{row['reasoning']}\n</think>\n\n\\boxed{{{row['answer']}}}"
+    (example,) = chat_examples(tokenizer, [(row["question"], completion)])
+    ids, labels = example["input_ids"], example["labels"]
+    first = next(i for i, label in enumerate(labels) if label != IGNORE)
+    assert all(label == IGNORE for label in labels[:first])
+    assert labels[first:] == ids[first:]
+    prompt = tokenizer.decode(ids[:first])
+    assert prompt.endswith("<|im_start|>assistant\n") and row["question"] in prompt
+    assert "Please reason step by step" in prompt
+    assert tokenizer.decode(ids[first:]) == f"<think>\n{completion}<|im_end|>"
+
+
+def test_student_pretraining_text_is_not_the_demo_task():
+    rng = random.Random(0)
+    texts = [document(rng) for _ in range(300)]
+    corpus = "\n".join(texts)
+    for marker in ("<think>", "</think>", "\\boxed", "<|im_start|>", "gives away", " more.",
+                   "have now", "Then ", "doubles", "triples", "Please reason"):
+        assert marker not in corpus, marker
+    # Equations stand alone: the next line rarely continues from the previous result, unlike a
+    # worked solution, where every line does.
+    chained = total = 0
+    for text in texts:
+        lines = text.split("\n")
+        for a, b in zip(lines, lines[1:]):
+            if " = " in a and " = " in b:
+                total += 1
+                chained += b.split()[0] == a.split()[-1]
+    assert total > 1000 and chained / total < 0.05
+    assert len(set(texts)) == len(texts)
+
+
+def test_batch_order_is_seeded_and_covers_every_example():
+    examples = [{"input_ids": [0] * random.Random(i).randint(5, 50)} for i in range(100)]
+    first = batch_order(examples, 8, seed=3, epoch=0)
+    assert first == batch_order(examples, 8, seed=3, epoch=0)
+    assert first != batch_order(examples, 8, seed=3, epoch=1)
+    seen = [i for batch in first for i in batch]
+    assert len(seen) == len(set(seen)) >= 96 and all(len(b) == 8 for b in first)
+
+
+def test_a_killed_build_resumes_to_the_same_weights(tiny_model, tokenizer, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = load_split("train")[:24]
+    examples = chat_examples(tokenizer, [(r["question"], r1_completion(r["reasoning"], r["answer"])) for r in rows])
+    folder = tiny_model("qwen2")
+    settings = dict(batch_size=4, lr=1e-3, pad_id=tokenizer.pad_token_id, seed=1, warmup=2,
+                    checkpoint_every=3, fingerprint="a")
+
+    def fresh():
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+    straight = fresh()
+    train(straight, examples, steps=8, work_dir=tmp_path / "straight", **settings)
+
+    class Killed(Exception):
+        pass
+
+    def kill(step):
+        raise Killed(step)
+
+    with pytest.raises(Killed):  # killed right after the checkpoint at step 3
+        train(fresh(), examples, steps=8, work_dir=tmp_path / "resumed", on_checkpoint=kill, **settings)
+    resumed = fresh()
+    info = train(resumed, examples, steps=8, work_dir=tmp_path / "resumed", **settings)
+    assert info["steps"] == 8
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+    # Other settings never resume someone else's checkpoint.
+    other = fresh()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    train(other, examples, steps=1, work_dir=tmp_path / "resumed", **{**settings, "fingerprint": "b"})
+    assert any(not torch.equal(before[k], v) for k, v in other.state_dict().items())
+    assert not torch.allclose(other.state_dict()["model.embed_tokens.weight"],
+                              straight.state_dict()["model.embed_tokens.weight"])
