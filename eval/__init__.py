@@ -24,7 +24,7 @@ from .measurements import MeasurementCache, measurement_key
 from .models import backend_options, load_model, quiet_libraries, resolve_models
 from .plots import BUDGET_PNG, TRADEOFF_PNG, plot_budget, plot_tradeoff
 from .probe import probe_in_subprocess
-from .report import SCHEMA_VERSION, print_table, result_row, write_reports
+from .report import SCHEMA_VERSION, comparison, print_table, result_row, write_reports
 from .samples import Row, SampleStore, generate_row, row_key
 from .scoring import summarize
 from .speed import MEMORY_METHOD, probe_speed, size_on_disk, threads_used
@@ -88,6 +88,7 @@ def run(config) -> dict:
             "reference": measured.reference if config.reference else None,
             "memory_method": MEMORY_METHOD,
             "results": results,
+            "comparison": comparison(results),
             "gates": {"checked": checked, "failed": failures},
             "plots": [p.name for p in plots],
         }

@@ -46,6 +46,46 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return [c[0] for c in columns], [[_cell(r.get(key), fmt) for _, key, fmt in columns] for r in rows]
 
 
+def comparison(results: list[dict]) -> list[dict]:
+    """Every row against the first one (in the demo: the student and its exports against the
+    teacher): pass@1 as a ratio and in points, size and single-stream decode speed as ratios.
+    Budget-forced rows are left out; a figure missing on either side gives null."""
+    rows = [r for r in results if r.get("think_budget") is None]
+    if len(rows) < 2:
+        return []
+
+    def ratio(row: dict, base: dict, key: str):
+        a, b = row.get(key), base.get(key)
+        return round(a / b, 3) if a is not None and b else None
+
+    base = rows[0]
+    out = []
+    for row in rows[1:]:
+        points = None
+        if row.get("pass_at_1") is not None and base.get("pass_at_1") is not None:
+            points = round(100 * (row["pass_at_1"] - base["pass_at_1"]), 1)
+        out.append({"label": row["label"], "against": base["label"],
+                    "pass_at_1_ratio": ratio(row, base, "pass_at_1"), "pass_at_1_points": points,
+                    "size_ratio": ratio(row, base, "size_bytes"),
+                    "decode_speed_ratio": ratio(row, base, "decode_tokens_per_s")})
+    return out
+
+
+def comparison_lines(report: dict) -> list[str]:
+    lines = []
+    for c in report.get("comparison") or []:
+        parts = []
+        if c["pass_at_1_ratio"] is not None:
+            parts.append(f"pass@1 {c['pass_at_1_ratio']:.2f}x ({c['pass_at_1_points']:+.1f} points)")
+        if c["size_ratio"] is not None:
+            parts.append(f"size {c['size_ratio']:.2f}x")
+        if c["decode_speed_ratio"] is not None:
+            parts.append(f"decode speed {c['decode_speed_ratio']:.2f}x")
+        if parts:
+            lines.append(f"{c['label']} against {c['against']}: " + ", ".join(parts))
+    return lines
+
+
 def write_reports(out: Path, report: dict) -> list[Path]:
     json_path = write_json(out / "report.json", report)
     md_path = write_text(out / "report.md", markdown(report))
@@ -65,6 +105,9 @@ def markdown(report: dict) -> str:
         "|" + "|".join("---" for _ in headers) + "|",
         *("| " + " | ".join(row) + " |" for row in cells), "",
     ]
+    against = comparison_lines(report)
+    if against:
+        lines += [f"- {line}" for line in against] + [""]
     if report.get("reference"):
         ref = report["reference"]
         lines += [f"Fidelity against `{ref['model']}` (perplexity {ref['perplexity']:.2f}) on "
@@ -96,3 +139,5 @@ def print_table(report: dict) -> None:
     if not console.is_terminal:  # a log or a pipe: wide enough that no figure gets cut
         console = Console(width=max(120, 16 * len(headers)))
     console.print(t)
+    for line in comparison_lines(report):
+        console.print(line, highlight=False)

@@ -35,6 +35,10 @@ def test_demo_quick_end_to_end(tmp_path):
         assert row["size_bytes"] > 0 and row["decode_tokens_per_s"] > 0
     by_label = {row["label"]: row for row in report["results"]}
     assert by_label["student"]["size_bytes"] < by_label["teacher"]["size_bytes"]
+    # Size and decode speed of the student and every artifact against the teacher.
+    against = report["comparison"]
+    assert [c["label"] for c in against] == ROWS[1:] and {c["against"] for c in against} == {"teacher"}
+    assert all(0 < c["size_ratio"] < 1 and c["decode_speed_ratio"] > 0 for c in against)
 
     manifest = json.loads((out / "export" / "manifest.json").read_text())
     kinds = {(a["format"], a["quant"]) for a in manifest["artifacts"]}

@@ -103,8 +103,9 @@ def _schedule(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
 def train(model, examples: list[dict], *, steps: int, batch_size: int, lr: float, pad_id: int,
           work_dir: Path, seed: int, warmup: int = 100, weight_decay: float = 0.01,
           checkpoint_every: int = 200, model_kwargs: dict | None = None,
-          on_checkpoint=None, fingerprint: str = "") -> dict:
-    """AdamW with warm-up and cosine decay for `steps` optimizer steps. A checkpoint in
+          on_checkpoint=None, fingerprint: str = "", stop_at: int | None = None) -> dict:
+    """AdamW with warm-up and cosine decay for `steps` optimizer steps (the schedule's length;
+    with `stop_at`, training ends at that step of it). A checkpoint in
     `work_dir` is written every `checkpoint_every` steps and picked up on a rerun, so a killed
     build continues where it stopped (the batch order is a function of the seed and the step).
     A checkpoint written with another `fingerprint` (other settings) is not resumed."""
@@ -132,9 +133,10 @@ def train(model, examples: list[dict], *, steps: int, batch_size: int, lr: float
     epoch, index = divmod(step, len(per_epoch))
     order = batch_order(examples, batch_size, seed, epoch)
     started = time.time()
-    with progress_bar("training", steps) as advance:
+    last = steps if stop_at is None else min(stop_at, steps)
+    with progress_bar("training", last) as advance:
         advance(step)
-        while step < steps:
+        while step < last:
             if index == len(order):
                 epoch, index = epoch + 1, 0
                 order = batch_order(examples, batch_size, seed, epoch)
@@ -152,16 +154,16 @@ def train(model, examples: list[dict], *, steps: int, batch_size: int, lr: float
             if step % 50 == 0:
                 info(f"step {step}/{steps} loss {sum(losses[-50:]) / 50:.4f} "
                      f"lr {sched.get_last_lr()[0]:.2e} ({time.time() - started:.0f} s)")
-            if step % checkpoint_every == 0 or step == steps:
+            if step % checkpoint_every == 0 or step == last:
                 with atomic_path(checkpoint) as tmp:
                     torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
                                 "sched": sched.state_dict(), "step": step, "losses": losses,
                                 "fingerprint": fingerprint}, tmp)
-                if on_checkpoint is not None and step < steps:
+                if on_checkpoint is not None and step < last:
                     on_checkpoint(step)
                     model.train()
     model.eval()
-    return {"steps": steps, "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
+    return {"steps": last, "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
             "seconds_this_run": round(time.time() - started, 1)}
 
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from data.build.common import IGNORE, batch_order, chat_examples, r1_completion, train
-from data.build.pretrain_student import document
+from data.build.pretrain_student import document, story_document
 from data.demo_task import load_split
 from tests.conftest import DEMO_TOKENIZER
 
@@ -52,6 +52,47 @@ def test_student_pretraining_text_is_not_the_demo_task():
                 chained += b.split()[0] == a.split()[-1]
     assert total > 1000 and chained / total < 0.05
     assert len(set(texts)) == len(texts)
+
+
+def test_phase_two_word_problems_are_worked_correctly_but_are_not_the_demo_task():
+    rng = random.Random(0)
+    texts = [story_document(rng) for _ in range(300)]
+    corpus = "\n".join(texts)
+    for marker in ("<think>", "</think>", "\\boxed", "<|im_start|>", "gives away", "gets ",
+                   "have now", "Then ", "doubles", "triples", "quadruples", "Please reason"):
+        assert marker not in corpus, marker
+    demo_questions = {r["question"] for r in load_split("test") + load_split("train")}
+    checked = 0
+    for text in texts:
+        for part in text.split("\n\n"):
+            assert part not in demo_questions
+            lines = part.split("\n")
+            equations = [line for line in lines if " = " in line]
+            for line in equations:
+                left, right = line.split(" = ")
+                assert eval(left) == int(right), line
+                checked += 1
+            # A story's numbers come from its text and each result is carried to the next line.
+            if len(lines) > 1:
+                assert equations[0].split()[0] in lines[0]
+                for a, b in zip(equations, equations[1:]):
+                    assert b.split()[0] == a.split()[-1]
+    assert checked > 1000
+
+
+def test_a_build_can_stop_early_in_its_schedule(tiny_model, tokenizer, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = load_split("train")[:16]
+    examples = chat_examples(tokenizer, [(r["question"], r1_completion(r["reasoning"], r["answer"])) for r in rows])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("qwen2"), dtype=torch.float32)
+    info = train(model, examples, steps=20, stop_at=3, batch_size=4, lr=1e-3, pad_id=tokenizer.pad_token_id,
+                 seed=0, warmup=2, work_dir=tmp_path, fingerprint="x")
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert info["steps"] == 3 and state["step"] == 3 and len(state["losses"]) == 3
+    # The lr followed the 20-step schedule: 3 steps in, it is at its peak, not decayed to the floor.
+    assert state["sched"]["_last_lr"][0] > 0.9e-3
 
 
 def test_batch_order_is_seeded_and_covers_every_example():

@@ -10,7 +10,7 @@ import pytest
 from distill.core.errors import UserError
 from eval.gates import check_gates
 from eval.plots import plot_budget, plot_tradeoff
-from eval.report import RESULT_KEYS, markdown, result_row, write_reports
+from eval.report import RESULT_KEYS, comparison, markdown, result_row, write_reports
 
 
 def _rows():
@@ -82,6 +82,23 @@ def test_report_files_have_every_key_and_the_table(tmp_path):
     assert "| label | backend | pass@1 |" in text and "| q4 | gguf | 70.0% |" in text
     assert "**failed**" in text and "- row 'q4'" in text and "![accuracy_size_speed.png]" in text
     assert "maj@k" not in markdown(report)  # no column for figures nobody measured
+
+
+def test_rows_are_compared_with_the_first(tmp_path):
+    rows = _rows() + [result_row(label="forced", pass_at_1=0.1, think_budget=64)]
+    (q4,) = comparison(rows)  # budget-forced rows are not compared
+    assert q4 == {"label": "q4", "against": "student", "pass_at_1_ratio": 0.875, "pass_at_1_points": -10.0,
+                  "size_ratio": 0.25, "decode_speed_ratio": 3.333}
+    missing = comparison([rows[0], dict(rows[1], decode_tokens_per_s=None)])
+    assert missing[0]["decode_speed_ratio"] is None and missing[0]["size_ratio"] == 0.25
+    assert comparison(rows[:1]) == []
+    report = {"benchmark": {"name": "demo", "source": "demo:test", "n_problems": 10},
+              "settings": {"samples": 1, "temperature": 0.0, "top_p": 1.0, "prompt_template": "r1",
+                           "speed_tokens": 64},
+              "reference": None, "memory_method": "m", "results": _rows(), "comparison": comparison(_rows()),
+              "gates": {}, "plots": []}
+    assert ("- q4 against student: pass@1 0.88x (-10.0 points), size 0.25x, decode speed 3.33x"
+            in markdown(report))
 
 
 def test_plots_are_real_pngs(tmp_path):
