@@ -119,6 +119,16 @@ def tiny_model(tmp_path_factory, request):
     return make
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one torch thread, and a busy machine does not thrash."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def gsm8k_train() -> Path:
     path = SHARED_BENCHMARKS / "gsm8k_train.jsonl"

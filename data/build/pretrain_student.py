@@ -103,11 +103,15 @@ def document(rng: random.Random) -> str:
 
 STARTS = ["{who} had {n} {thing}.", "There were {n} {thing} in a jar.", "{who} started with {n} {thing}.",
           "A shop had {n} {thing}.", "{who} collected {n} {thing}."]
-ADDS = ["{pro} found {k} more.", "{other} brought {k} more.", "{k} more were added.", "{pro} bought {k} more.",
-        "{pro} won {k}."]
-SUBS = ["{pro} lost {k}.", "{k} were sold.", "{pro} gave {k} to {other}.", "{k} were taken away.",
-        "{pro} used {k} of them."]
-MULS = ["The number grew {k} times.", "{pro} ended up with {k} times as many.", "It was multiplied by {k}."]
+# operator -> (sentences that ask for it, what it does)
+STEPS = {
+    "+": (["{who} found {k} more.", "{other} brought {k} more.", "{k} more were added.",
+           "{who} bought {k} more.", "{who} won {k}."], lambda a, k: a + k),
+    "-": (["{who} lost {k}.", "{k} were sold.", "{who} gave {k} to {other}.", "{k} were taken away.",
+           "{who} used {k} of them."], lambda a, k: a - k),
+    "*": (["The number grew {k} times.", "{who} ended up with {k} times as many.",
+           "It was multiplied by {k}."], lambda a, k: a * k),
+}
 ENDS = ["In the end there were {n} {thing}.", "So the answer is {n}.", "That makes {n} {thing}."]
 
 
@@ -116,7 +120,7 @@ def story(rng: random.Random) -> str:
     read from the text and each result is carried to the next line. (The demo task says things
     differently: "Then Ava gets 3 more", "doubles them", and it is answered in the R1 format.)"""
     who, other = rng.sample(PEOPLE, 2)
-    thing, pro = rng.choice(THINGS), who
+    thing = rng.choice(THINGS)
     value = rng.randint(2, 60)
     text = [rng.choice(STARTS).format(who=who, n=value, thing=thing)]
     lines = []
@@ -124,21 +128,14 @@ def story(rng: random.Random) -> str:
         kind = rng.choice("+-*" if value <= 60 else "+-")
         if kind == "-" and value < 2:
             kind = "+"
-        if kind == "+":
-            k = rng.randint(1, 15)
-            text.append(rng.choice(ADDS).format(pro=pro, other=other, k=k))
-            lines.append(f"{value} + {k} = {value + k}")
-            value += k
-        elif kind == "-":
-            k = rng.randint(1, min(15, value - 1))
-            text.append(rng.choice(SUBS).format(pro=pro, other=other, k=k))
-            lines.append(f"{value} - {k} = {value - k}")
-            value -= k
-        else:
+        if kind == "*":
             k = rng.randint(2, 5)
-            text.append(rng.choice(MULS).format(pro=pro, k=k))
-            lines.append(f"{value} * {k} = {value * k}")
-            value *= k
+        else:
+            k = rng.randint(1, 15 if kind == "+" else min(15, value - 1))
+        sentences, apply = STEPS[kind]
+        text.append(rng.choice(sentences).format(who=who, other=other, k=k))
+        lines.append(f"{value} {kind} {k} = {apply(value, k)}")
+        value = apply(value, k)
     return " ".join(text) + "\n" + "\n".join(lines) + "\n" + rng.choice(ENDS).format(n=value, thing=thing)
 
 

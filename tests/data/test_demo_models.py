@@ -4,7 +4,6 @@ really solves the task and that the base really is a base."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from pathlib import Path
@@ -31,18 +30,6 @@ def safetensors_parameters(folder: Path) -> int:
                 n *= dim
             total += n
     return total
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models generate fastest on one thread, and a busy machine does not thrash."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def config(folder: Path) -> dict:
@@ -117,12 +104,11 @@ def test_teacher_model_card_records_its_accuracy():
     assert "python -m data.build.train_teacher" in card
 
 
-def test_teacher_solves_test_problems_in_the_r1_format(teacher):
+def test_teacher_solves_test_problems_in_the_r1_format(teacher, one_torch_thread):
     from data.build.common import complete, grade
     model, tok = teacher
     rows = load_split("test")[:12]
-    with one_thread():
-        texts = complete(model, tok, [r["question"] for r in rows], max_new_tokens=60)
+    texts = complete(model, tok, [r["question"] for r in rows], max_new_tokens=60)
     graded = [grade(text, row["answer"]) for text, row in zip(texts, rows)]
     assert all(closed for _, closed in graded), texts
     assert sum(ok for ok, _ in graded) >= 10, texts
@@ -142,7 +128,7 @@ def test_teacher_spreads_tokens_over_its_experts(teacher):
         assert len(torch.unique(chosen)) >= model.config.num_experts // 2
 
 
-def test_student_base_knows_arithmetic_but_not_the_task():
+def test_student_base_knows_arithmetic_but_not_the_task(one_torch_thread):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from data.build.common import complete
@@ -152,12 +138,10 @@ def test_student_base_knows_arithmetic_but_not_the_task():
     prompts = [f"{a} {op} {b} =" for a, op, b in sums]
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True)
-    with one_thread():
-        out = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    out = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
     answers = [t.split("\n")[0].strip() for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:],
                                                                    skip_special_tokens=True)]
     assert answers == [str(eval(f"{a}{op}{b}")) for a, op, b in sums]
     # It has never seen a chat turn or the R1 format: it does not answer a demo problem in it.
-    with one_thread():
-        texts = complete(model, tok, [r["question"] for r in load_split("test")[:4]], max_new_tokens=48)
+    texts = complete(model, tok, [r["question"] for r in load_split("test")[:4]], max_new_tokens=48)
     assert not any(re.search(r"</think>\s*\\boxed\{\d+\}", t) for t in texts), texts

@@ -14,12 +14,7 @@ from distill.train.trainer import loss_sums
 from .helpers import PROBLEMS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _samples(model_dir):
