@@ -3,12 +3,13 @@ arithmetic but not the demo task.
 
     python -m data.build.pretrain_student                   # writes data/models/demo-student-base
 
-Like a real base model, it has read generic text. Phase 1: plain equations ("17 + 8 = 25",
-"25 * 3 = 75"), arithmetic in words ("8 more than 17 is 25", "triple 12 is 36") and simple
-sentences about people and things. Phase 2: small word problems in everyday phrasing, worked out
-in plain equations. It has never seen the demo task's problems or phrasing, its worked solutions,
-the R1 format or a chat turn: `distill train` teaches those from the teacher's traces. A killed
-build resumes from the checkpoints in --work.
+Like a real base model, it has read generic text: equations, most of them said in words first
+("Take 8 from 19: 19 - 8 = 11"), arithmetic in words, simple sentences about people and things,
+small word problems in everyday phrasing worked out in plain equations, and (phase 2) everyday
+words in sentences of their own. It has never seen the
+demo task's problems or phrasing, its worked solutions, the R1 format or a chat turn: `distill
+train` teaches those from the teacher's traces. A killed build resumes from the checkpoints in
+--work.
 """
 
 from __future__ import annotations
@@ -95,10 +96,26 @@ def sentence(rng: random.Random) -> str:
     ])
 
 
+# Equations that say their operation in words first. Without them the base learns its
+# arithmetic from equations whose operator is a coin toss, learns to ignore the context at the
+# operator, and a student fine-tuned from it cannot learn to pick the operation a problem asks for.
+PHRASES = {"+": ["Add {b} to {a}: ", "{a} plus {b}: ", "Sum of {a} and {b}: ", "Increase {a} by {b}: "],
+           "-": ["Take {b} from {a}: ", "{a} minus {b}: ", "Subtract {b} from {a}: ", "Decrease {a} by {b}: "],
+           "*": ["Multiply {a} by {b}: ", "{a} times {b}: ", "{b} lots of {a}: ", "Scale {a} by {b}: "]}
+
+
+def announced(rng: random.Random) -> str:
+    """An equation with its operation said in words first: "Add 8 to 19: 19 + 8 = 27"."""
+    eq = equation(rng)
+    a, op, b = eq.split(" = ")[0].split()
+    return rng.choice(PHRASES[op]).format(a=a, b=b) + eq
+
+
 def document(rng: random.Random) -> str:
-    """A short text mixing the three kinds, one item per line."""
-    makers = [equation] * 10 + [words] + [sentence]
-    return "\n".join(rng.choice(makers)(rng) for _ in range(rng.randint(12, 16)))
+    """A short text of arithmetic, one item per line: mostly announced equations, some bare
+    ones, arithmetic in words and sentences."""
+    makers = [announced] * 8 + [equation] * 2 + [words] + [sentence]
+    return "\n".join(rng.choice(makers)(rng) for _ in range(rng.randint(10, 14)))
 
 
 STARTS = ["{who} had {n} {thing}.", "There were {n} {thing} in a jar.", "{who} started with {n} {thing}.",
@@ -140,9 +157,36 @@ def story(rng: random.Random) -> str:
 
 
 def story_document(rng: random.Random) -> str:
-    """Phase 2 text: word problems worked out in equations, with some plain equations between."""
+    """Word problems worked out in equations, with some plain equations between."""
     parts = [story(rng) if rng.random() < 0.7 else equation(rng) for _ in range(rng.randint(3, 5))]
     return "\n\n".join(parts)
+
+
+MULTIPLIES = {2: "doubles", 3: "triples", 4: "quadruples"}
+
+
+def usage(rng: random.Random) -> str:
+    """Everyday words a real base model knows ("gets", "doubles", "Then", "now", "How") in
+    sentences of their own. Words a base never read keep the embedding they all drift to together;
+    a student fine-tuned from a base without these sentences kept confusing "doubles" and
+    "triples" (59% pass@1 against 99% with them, same SFT)."""
+    who, other = rng.sample(PEOPLE, 2)
+    n, k, thing = rng.randint(1, 40), rng.randint(2, 4), rng.choice(THINGS)
+    return rng.choice([
+        f"A stack of {n} {thing} {MULTIPLIES[k]} in size: {n} * {k} = {n * k}",
+        f"If {n} {MULTIPLIES[k]}, the result is {n * k}.",
+        f"The price of {n} coins {MULTIPLIES[k]} to {n * k} coins.",
+        f"{who} gets {n} {thing} from {other}.",
+        f"Each child gets {n} {thing}: {k} children get {n} * {k} = {n * k}.",
+        f"{who} counts {n} {thing}. Then {other} counts them again.",
+        f"{who} asked: How many {thing} are there? There are {n}.",
+        f"There are {n} {thing} on the shelf now.",
+        f"{who} reads {n} pages now and {k} later.",
+    ])
+
+
+def vocabulary_document(rng: random.Random) -> str:
+    return "\n".join(usage(rng) if rng.random() < 0.5 else announced(rng) for _ in range(rng.randint(10, 14)))
 
 
 def student_config(tokenizer, args):
@@ -157,7 +201,8 @@ def student_config(tokenizer, args):
         bos_token_id=None)
 
 
-def model_card(args, n_params: int, size_mb: float, train_info: dict, sample: str, story_sample: str) -> str:
+def model_card(args, n_params: int, size_mb: float, train_info: dict, samples: list[str]) -> str:
+    shown = "\n\n".join(f"```\n{text}\n```" for text in samples)
     return f"""# demo-student-base
 
 The starting point of the demo's student: a dense Qwen2 model ({args.layers} layers, hidden size
@@ -167,84 +212,114 @@ tokenizer and its chat template.
 
 It is a *base* model: `data/build/pretrain_student.py` pretrained it from scratch on generic
 text, the way a real base model has read arithmetic and school word problems before anyone
-distills reasoning into it:
+distills reasoning into it. Its documents are of two kinds, mixed from the first step:
 
-1. phase 1: plain equations, arithmetic in words and simple sentences;
-2. phase 2: small word problems in everyday phrasing ("Sam had 14 cups. Sam bought 6 more."),
-   each worked out in plain equations.
+1. ({args.equation_share:.0%}) lines of arithmetic: equations, most of them said in words first
+   ("Take 8 from 19: 19 - 8 = 11"), arithmetic in words and simple sentences;
+2. small word problems in everyday phrasing ("Sam had 14 cups. Sam bought 6 more."), each
+   worked out in plain equations.
+
+Phase 2 adds sentences with everyday words the rest lacks ("gets", "doubles", "triples",
+"quadruples", "Then", "now", "How"), as a real base model has read them. Words a base never read
+keep the embedding that all unread words drift to together (cosine similarity 0.99 between any two
+of these without phase 2's sentences). Measured on the demo: a 10-epoch SFT student from this base
+without those sentences scored 59% pass@1, nearly all its errors the multiplier of "doubles",
+"triples" or "quadruples"; with them, 99%. The base itself does not map "triples" to 3 (that the
+student learns from the traces).
 
 It has never seen the demo task's problems or phrasing ("Then Ava gets 3 more", "triples them"),
 its worked solutions, the R1 format (`<think>`, `\\boxed{{}}`) or a chat turn: `distill train`
 teaches those from the teacher's traces.
 
-Measured: it completes {train_info['arithmetic_accuracy']:.1%} of the {train_info['arithmetic_lines']}
-worked lines of the demo test split ("19 - 8 =" -> "11") correctly, greedy, each line on its own.
-It does not yet reliably take the numbers of a word problem from its text: on phase-2 stories its
-loss on the operands stays close to a uniform guess.
+Measured, greedy:
 
-Phase 1 text:
+- it completes {train_info['arithmetic_accuracy']:.1%} of the {train_info['arithmetic_lines']} worked
+  lines of the demo test split ("19 - 8 =" -> "11"), each line on its own;
+- it completes {train_info['announced_accuracy']:.1%} of {train_info['announced_lines']} unseen
+  announced equations from the words alone ("Take 8 from 19:" -> " 19 - 8 = 11"): its operator
+  follows the words before it. A base whose operators were never predictable from context
+  ignores the context there, and the student fine-tuned from it could not learn which operation a
+  problem asks for (1% pass@1 on the demo task).
 
-```
-{sample}
-```
+Text it was trained on:
 
-Phase 2 text:
-
-```
-{story_sample}
-```
+{shown}
 
 ## Training
 
-- phase 1: {args.documents} generated documents; the first {args.steps} steps of a {args.schedule}-step
-  schedule (AdamW, batch {args.batch_size}, peak lr {args.lr}, warm-up then cosine decay); the
-  arithmetic is learnt suddenly after about 1200 steps; final loss {train_info['phase1_final_loss']:.4f}
-- phase 2: {args.story_documents} generated documents; {args.story_steps} steps (batch {args.batch_size},
-  peak lr {args.story_lr}, cosine); final loss {train_info['phase2_final_loss']:.4f}
-- fp32 on CPU, seed {args.seed}
+- {args.documents} generated documents ({args.equation_share:.0%} lines of arithmetic), AdamW,
+  batch {args.batch_size}, fp32 on CPU, seed {args.seed}
+- phase 1: the first {args.steps} steps of a {args.schedule}-step schedule (peak lr {args.lr},
+  warm-up then cosine decay); arithmetic {train_info['phase1_arithmetic_accuracy']:.1%} at its end
+- phase 2: {args.cooldown_steps} steps on the same text plus {args.vocabulary_documents} documents of
+  everyday words, from peak lr {args.cooldown_lr} down to a tenth of it; final loss
+  {train_info['final_loss']:.4f}
 
 ## Rebuild
 
     python -m data.build.pretrain_student --threads 2
 
-About 40 minutes on an idle 2-core machine. A killed build resumes from its checkpoints in
-`~/.cache/distill-edge-build/demo-student-base`.
+About 70 minutes on an idle 2-core machine (about 1.8 s a step). A killed build resumes from its
+checkpoints in `~/.cache/distill-edge-build/demo-student-base`.
 """
 
 
 @torch.no_grad()
-def arithmetic_accuracy(model, tokenizer) -> tuple[float, int]:
-    """Share of the demo test split's worked lines ("19 - 8 =") the base completes correctly,
-    greedy, each line on its own: the arithmetic the task needs, without the task."""
-    from data.demo_task import load_split
-    items = [line.split(" = ") for row in load_split("test") for line in row["reasoning"].split("\n")]
+def completion_accuracy(model, tokenizer, pairs: list[tuple[str, str]], max_new_tokens: int) -> float:
+    """Share of (prompt, expected) pairs whose greedy completion's first line is `expected`."""
     tokenizer.padding_side = "left"
     right = 0
-    for start in range(0, len(items), 128):
-        chunk = items[start:start + 128]
-        enc = tokenizer([f"{left} =" for left, _ in chunk], return_tensors="pt", padding=True,
+    for start in range(0, len(pairs), 128):
+        chunk = pairs[start:start + 128]
+        enc = tokenizer([prompt for prompt, _ in chunk], return_tensors="pt", padding=True,
                         add_special_tokens=False)
-        out = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        right += sum(text.split("\n")[0].strip() == value for (_, value), text in zip(chunk, texts))
-    return right / len(items), len(items)
+        right += sum(text.split("\n")[0].strip() == want for (_, want), text in zip(chunk, texts))
+    return right / max(1, len(pairs))
 
 
-PHASE1_SETTINGS = ("batch_size", "documents", "heads", "hidden", "intermediate", "kv_heads", "layers", "lr", "seed")
+def arithmetic_accuracy(model, tokenizer) -> tuple[float, int]:
+    """The demo test split's worked lines ("19 - 8 =" -> "11"), each on its own: the arithmetic
+    the task needs, without the task."""
+    from data.demo_task import load_split
+    pairs = [(f"{left} =", value) for row in load_split("test")
+             for left, value in (line.split(" = ") for line in row["reasoning"].split("\n"))]
+    return completion_accuracy(model, tokenizer, pairs, max_new_tokens=5), len(pairs)
+
+
+def announced_accuracy(model, tokenizer, seen: set[str], n: int = 500) -> tuple[float, int]:
+    """Announced equations not in the training text, completed from the words alone ("Take 8
+    from 19:" -> "19 - 8 = 11"): the operator must be read from the context."""
+    rng, pairs = random.Random(10**6), []
+    while len(pairs) < n:
+        line = announced(rng)
+        if line not in seen:
+            words_part, eq = line.split(": ")
+            pairs.append((f"{words_part}:", eq))
+    return completion_accuracy(model, tokenizer, pairs, max_new_tokens=20), len(pairs)
+
+
+PHASE1_SETTINGS = ("batch_size", "documents", "equation_share", "heads", "hidden", "intermediate",
+                   "kv_heads", "layers", "lr", "schedule", "seed")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=asset("models", "demo-student-base"))
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoint folder (resume)")
-    parser.add_argument("--documents", type=int, default=100000, help="phase 1: equation documents")
+    parser.add_argument("--documents", type=int, default=100000)
+    parser.add_argument("--equation-share", type=float, default=0.6,
+                        help="share of documents that are lines of arithmetic; the rest are word problems")
     parser.add_argument("--schedule", type=int, default=4000, help="phase 1: length of the lr schedule")
-    parser.add_argument("--steps", type=int, default=1500, help="phase 1: steps taken of that schedule")
+    parser.add_argument("--steps", type=int, default=1750, help="phase 1: steps taken of that schedule")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3, help="phase 1: peak lr")
-    parser.add_argument("--story-documents", type=int, default=30000, help="phase 2: word-problem documents")
-    parser.add_argument("--story-steps", type=int, default=600, help="phase 2: steps")
-    parser.add_argument("--story-lr", type=float, default=1e-3, help="phase 2: peak lr")
+    parser.add_argument("--cooldown-steps", type=int, default=500, help="phase 2: steps")
+    parser.add_argument("--cooldown-lr", type=float, default=1e-3, help="phase 2: peak lr")
+    parser.add_argument("--vocabulary-documents", type=int, default=10000,
+                        help="phase 2: documents of everyday words in their own sentences, added to phase 1's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
@@ -259,33 +334,47 @@ def main() -> None:
     set_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(asset("models", "demo-tokenizer"))
     rng = random.Random(args.seed)
-    texts = [document(rng) for _ in range(args.documents)]
-    stories = [story_document(rng) for _ in range(args.story_documents)]
+    texts = [document(rng) if rng.random() < args.equation_share else story_document(rng)
+             for _ in range(args.documents)]
+    seen = {line for text in texts for line in text.split("\n")}
 
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(student_config(tokenizer, args))
     n_params = sum(p.numel() for p in model.parameters())
-    info(f"student base: {n_params / 1e6:.2f}M parameters; phase 1: {len(texts)} equation documents")
+    info(f"student base: {n_params / 1e6:.2f}M parameters; {len(texts)} documents")
     started = time.time()
-    # Phase 1 learns the arithmetic itself, which comes suddenly after about 1200 steps; phase 2
-    # then reads word problems, where numbers are taken from the text and carried along.
+
+    def measure(step: int, phase: int = 1) -> float:
+        model.eval()
+        accuracy = arithmetic_accuracy(model, tokenizer)[0]
+        info(json.dumps({"phase": phase, "step": step, "arithmetic_accuracy": round(accuracy, 3)}))
+        return accuracy
+
+    examples = text_examples(tokenizer, texts)
+    # Phase 1 stops mid-schedule, at a high learning rate; phase 2 decays it on the same text,
+    # which is where the arithmetic becomes reliable, plus sentences with words phase 1 lacks.
     phase1 = argparse.Namespace(**{k: getattr(args, k) for k in PHASE1_SETTINGS})
-    first = train(model, text_examples(tokenizer, texts), steps=args.schedule, stop_at=args.steps,
-                  batch_size=args.batch_size, lr=args.lr, pad_id=tokenizer.pad_token_id,
-                  work_dir=args.work, seed=args.seed, checkpoint_every=250,
-                  fingerprint=settings_fingerprint(phase1))
-    info(f"phase 2: {len(stories)} word-problem documents")
-    second = train(model, text_examples(tokenizer, stories), steps=args.story_steps,
-                   batch_size=args.batch_size, lr=args.story_lr, warmup=50, pad_id=tokenizer.pad_token_id,
-                   work_dir=args.work / "phase2", seed=args.seed, checkpoint_every=100,
-                   fingerprint=settings_fingerprint(args))
-    accuracy, lines = arithmetic_accuracy(model, tokenizer)
-    train_info = {"phase1_final_loss": first["final_loss"], "phase2_final_loss": second["final_loss"],
-                  "arithmetic_accuracy": round(accuracy, 3), "arithmetic_lines": lines,
+    train(model, examples, steps=args.schedule, stop_at=args.steps, batch_size=args.batch_size,
+          lr=args.lr, pad_id=tokenizer.pad_token_id, work_dir=args.work, seed=args.seed,
+          checkpoint_every=250, on_checkpoint=measure, fingerprint=settings_fingerprint(phase1))
+    phase1_arithmetic = measure(args.steps)
+    vocabulary_rng = random.Random(args.seed + 1)
+    vocabulary = [vocabulary_document(vocabulary_rng) for _ in range(args.vocabulary_documents)]
+    examples = examples + text_examples(tokenizer, vocabulary)
+    result = train(model, examples, steps=args.cooldown_steps, batch_size=args.batch_size,
+                   lr=args.cooldown_lr, warmup=50, pad_id=tokenizer.pad_token_id,
+                   work_dir=args.work / "cooldown", seed=args.seed + 1, checkpoint_every=100,
+                   on_checkpoint=lambda step: measure(step, phase=2), fingerprint=settings_fingerprint(args))
+    arithmetic, lines = arithmetic_accuracy(model, tokenizer)
+    announced_share, announced_lines = announced_accuracy(model, tokenizer, seen)
+    train_info = {"final_loss": result["final_loss"], "phase1_arithmetic_accuracy": phase1_arithmetic,
+                  "arithmetic_accuracy": round(arithmetic, 3), "arithmetic_lines": lines,
+                  "announced_accuracy": round(announced_share, 3), "announced_lines": announced_lines,
                   "minutes_this_run": round((time.time() - started) / 60)}
     save_model(model, tokenizer, args.out, torch.float32, asset("models", "demo-tokenizer"))
     size_mb = (args.out / "model.safetensors").stat().st_size / 1e6
-    (args.out / "README.md").write_text(model_card(args, n_params, size_mb, train_info, texts[0], stories[0]))
+    samples = [next(t for t in texts if "\n\n" not in t), next(t for t in texts if "\n\n" in t)]
+    (args.out / "README.md").write_text(model_card(args, n_params, size_mb, train_info, samples))
     info(json.dumps({"params": n_params, "size_mb": round(size_mb, 2), **train_info}))
 
 

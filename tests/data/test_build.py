@@ -4,11 +4,12 @@ pretraining text is not the demo task, and a killed build resumes to the same we
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
 from data.build.common import IGNORE, batch_order, chat_examples, r1_completion, train
-from data.build.pretrain_student import document, story_document
+from data.build.pretrain_student import PHRASES, document, story_document, vocabulary_document
 from data.demo_task import load_split
 from tests.conftest import DEMO_TOKENIZER
 
@@ -54,7 +55,25 @@ def test_student_pretraining_text_is_not_the_demo_task():
     assert len(set(texts)) == len(texts)
 
 
-def test_phase_two_word_problems_are_worked_correctly_but_are_not_the_demo_task():
+def test_most_pretraining_equations_say_their_operation_in_words_first():
+    rng = random.Random(0)
+    lines = [line for _ in range(300) for line in document(rng).split("\n") if " = " in line]
+    announced = [line for line in lines if ": " in line]
+    # Otherwise the operator is unpredictable from context and the base learns to ignore it.
+    assert len(announced) / len(lines) > 0.7
+    for line in announced:
+        said, equation = line.split(": ")
+        a, op, b = equation.split(" = ")[0].split()
+        assert eval(f"{a} {op} {b}") == int(equation.split(" = ")[1]), line
+        assert a in said and b in said, line
+        # The words name this operation and no other.
+        matches = [o for o, phrases in PHRASES.items()
+                   if any(said == phrase.format(a=a, b=b)[:-2] for phrase in phrases)]
+        assert matches == [op], line
+    assert {line.split(" = ")[0].split()[-2] for line in announced} == set("+-*")
+
+
+def test_word_problems_are_worked_correctly_but_are_not_the_demo_task():
     rng = random.Random(0)
     texts = [story_document(rng) for _ in range(300)]
     corpus = "\n".join(texts)
@@ -142,3 +161,22 @@ def test_a_killed_build_resumes_to_the_same_weights(tiny_model, tokenizer, tmp_p
     assert any(not torch.equal(before[k], v) for k, v in other.state_dict().items())
     assert not torch.allclose(other.state_dict()["model.embed_tokens.weight"],
                               straight.state_dict()["model.embed_tokens.weight"])
+
+
+def test_phase_two_uses_the_everyday_words_the_task_needs_but_not_its_sentences(tokenizer):
+    from collections import Counter
+    rng = random.Random(1)
+    texts = [vocabulary_document(rng) for _ in range(300)]
+    corpus = "\n".join(texts)
+    # The task's sentences and format stay unseen: only the words are known.
+    for marker in ("<think>", "\\boxed", "<|im_start|>", "gives away", "more.", "them.", "have now",
+                   "Please reason"):
+        assert marker not in corpus, marker
+    for line in corpus.split("\n"):
+        assert not re.search(r"Then \w+ (gets|gives|doubles|triples|quadruples)", line), line
+        for equation in [part for part in line.split(": ")[1:] if " = " in part]:
+            left, right = equation.rstrip(".").split(" = ")[-2:]
+            assert eval(left.split(" get ")[-1]) == int(right), line
+    counts = Counter(t for text in texts for t in tokenizer.tokenize(text))
+    for word in ("Then", "How", "now", "gets", "doubles", "triples", "quadruples"):
+        assert counts["Ġ" + word] >= 50, word

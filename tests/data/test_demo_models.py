@@ -145,3 +145,24 @@ def test_student_base_knows_arithmetic_but_not_the_task(one_torch_thread):
     # It has never seen a chat turn or the R1 format: it does not answer a demo problem in it.
     texts = complete(model, tok, [r["question"] for r in load_split("test")[:4]], max_new_tokens=48)
     assert not any(re.search(r"</think>\s*\\boxed\{\d+\}", t) for t in texts), texts
+
+
+def test_student_base_reads_the_operation_from_the_words_before_it(one_torch_thread):
+    """A base whose operator is a coin toss after its context learns to ignore the context there,
+    and a student fine-tuned from it cannot learn which operation a problem asks for."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(STUDENT_BASE, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(STUDENT_BASE)
+    ops = {op: tok.convert_tokens_to_ids(f"Ġ{op}") for op in "+-*"}
+    probes = [("Add 8 to 19: 19", "+"), ("Take 8 from 19: 19", "-"), ("Multiply 19 by 3: 19", "*"),
+              ("Uma had 21 pens. Uma bought 7 more.\n21", "+"),
+              ("Uma had 21 pens. Uma lost 7.\n21", "-"),
+              ("Uma had 21 pens. The number grew 3 times.\n21", "*")]
+    for prompt, op in probes:
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            probs = torch.softmax(model(ids).logits[0, -1], -1)
+        chosen = max(ops, key=lambda o: probs[ops[o]])
+        assert chosen == op and probs[ops[op]] > 0.8, (prompt, {o: round(probs[i].item(), 2) for o, i in ops.items()})
+
