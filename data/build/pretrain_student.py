@@ -336,7 +336,6 @@ def main() -> None:
     rng = random.Random(args.seed)
     texts = [document(rng) if rng.random() < args.equation_share else story_document(rng)
              for _ in range(args.documents)]
-    seen = {line for text in texts for line in text.split("\n")}
 
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(student_config(tokenizer, args))
@@ -366,6 +365,7 @@ def main() -> None:
                    work_dir=args.work / "cooldown", seed=args.seed + 1, checkpoint_every=100,
                    on_checkpoint=lambda step: measure(step, phase=2), fingerprint=settings_fingerprint(args))
     arithmetic, lines = arithmetic_accuracy(model, tokenizer)
+    seen = {line for text in texts for line in text.split("\n")}
     announced_share, announced_lines = announced_accuracy(model, tokenizer, seen)
     train_info = {"final_loss": result["final_loss"], "phase1_arithmetic_accuracy": phase1_arithmetic,
                   "arithmetic_accuracy": round(arithmetic, 3), "arithmetic_lines": lines,
