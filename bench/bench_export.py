@@ -94,7 +94,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     runs = {
         "distill export --gguf f16 --no-validate": lambda: [
-            sys.executable, "-m", "cli", "export", "--quiet", "--model", str(model), "--out", str(work / "cli"),
+            sys.executable, "-m", "distill", "export", "--quiet", "--model", str(model), "--out", str(work / "cli"),
             "--gguf", "f16", "--no-validate", "--overwrite"],
         "GGUF writer alone": lambda: [
             sys.executable, "-c", WRITER_ONLY.format(repo=str(REPO), model=str(model), out=str(work / "writer.gguf"))],

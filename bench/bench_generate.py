@@ -67,7 +67,7 @@ def tokens_per_s(backend, prompts: list[str], sampling) -> tuple[float, int]:
 def bench_hf(args) -> float:
     from data.demo_task import load_split
     from distill.core.chat import load_prompt_template, user_message
-    from eval.backends import Sampling, load_backend
+    from distill.backends import Sampling, load_backend
 
     with tempfile.TemporaryDirectory() as tmp:
         model = DEMO_TEACHER if (DEMO_TEACHER / "config.json").is_file() else random_moe(Path(tmp) / "moe")
@@ -105,7 +105,7 @@ def bench_openai(args) -> float | None:
     except ImportError as e:
         print(f"openai: skipped ({e}; pip install 'llama-cpp-python[server]')")
         return None
-    from eval.backends import Sampling, load_backend
+    from distill.backends import Sampling, load_backend
     from tests.distill.generate.servers import llama_server
 
     gguf = Path(args.gguf) if args.gguf else None

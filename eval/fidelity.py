@@ -82,7 +82,7 @@ def gguf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarr
 
 def onnx_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
     import onnxruntime_genai as og
-    from eval.backends.onnx import open_model, read_genai_config
+    from distill.backends.onnx import open_model, read_genai_config
     genai = read_genai_config(Path(target))["model"]
     context = int(genai.get("context_length") or 0)
     if genai.get("vocab_size"):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from distill.core.errors import GateFailed, UserError, one_line
-from eval.backends import load_backend, parse_spec
+from distill.backends import load_backend, parse_spec
 
 
 def quiet_libraries() -> None:

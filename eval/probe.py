@@ -80,7 +80,7 @@ def _peak_rss_bytes() -> int:
 
 
 def main() -> None:
-    from eval.backends import load_backend, parse_spec
+    from distill.backends import load_backend, parse_spec
     from eval.speed import probe_speed, threads_used
 
     request = json.loads(sys.stdin.read())

@@ -17,7 +17,7 @@ from pathlib import Path
 from distill.core.chat import THINK_CLOSE, prefill_of, user_message
 from distill.core.io import JsonlAppender, read_jsonl, write_text
 from distill.core.progress import progress_bar
-from eval.backends import Completion, Sampling
+from distill.backends import Completion, Sampling
 
 from .scoring import full_response, score_response
 

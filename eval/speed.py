@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from eval.backends import Sampling
+from distill.backends import Sampling
 
 MEMORY_METHOD = ("peak resident set (VmHWM) of a fresh process that loads the model and runs the "
                  "speed probe, minus its resident set after importing the runtime: weights, KV cache "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 from distill.core.errors import GateFailed, UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_bad_flag_values_are_user_errors(tmp_path):
 def test_missing_model_exits_2_with_one_line(tmp_path):
     """The issue's own example, through the installed console script path."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cli", "eval", "--model", "hf:/no/such/dir",
+    proc = subprocess.run([sys.executable, "-m", "distill", "eval", "--model", "hf:/no/such/dir",
                            "--benchmark", "x.jsonl", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 2, proc.stderr

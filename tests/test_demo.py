@@ -20,7 +20,7 @@ def test_demo_quick_end_to_end(tmp_path):
         pytest.fail("data/models/demo-teacher is missing: rebuild it with python -m data.build.train_teacher")
     out = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "cli", "demo", "--quick", "--quiet", "--out", str(out)]
+    cmd = [sys.executable, "-m", "distill", "demo", "--quick", "--quiet", "--out", str(out)]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
 

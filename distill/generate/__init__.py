@@ -50,7 +50,7 @@ def run(cfg: GenerateConfig) -> dict:
     from distill.core.problems import load_problems
     from distill.core.progress import info
     from distill.core.records import StageRecord
-    from eval.backends import Sampling
+    from distill.backends import Sampling
 
     from .merge import merge_shards
     from .outputs import decide_and_save, write_outputs

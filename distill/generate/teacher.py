@@ -11,7 +11,7 @@ from distill.core.chat import prefill_of, user_message
 from distill.core.errors import UserError
 from distill.core.io import JsonlAppender
 from distill.core.progress import progress_bar
-from eval.backends import Sampling, load_backend
+from distill.backends import Sampling, load_backend
 
 from .filters import Deduplicator, FilterSettings, decide_prompt
 from .samples import build_row, sample_id, sampling_record

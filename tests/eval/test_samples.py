@@ -8,7 +8,7 @@ import json
 from types import SimpleNamespace
 
 from distill.core.chat import load_prompt_template
-from eval.backends import Completion
+from distill.backends import Completion
 from eval.samples import FORCED_CLOSE, Row, SampleStore, generate_row, row_key
 
 PROBLEMS = [

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 
 runner = CliRunner()
 

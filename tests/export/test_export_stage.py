@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 from distill.core.io import sha256_path
 from distill.pipeline import _artifact_models
 
@@ -184,11 +184,11 @@ def test_pipeline_skips_an_unchanged_export(student, tmp_path):
 
 
 def test_killed_export_leaves_nothing_finished_and_reruns(student, tmp_path):
-    repo = Path(cli.__file__).resolve().parent
+    repo = Path(cli.__file__).resolve().parents[1]
     out = tmp_path / "export"
     args = ["export", "--quiet", "--model", str(student("qwen2")), "--out", str(out), "--gguf", "f16,q8_0",
             "--threads", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=repo, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=repo, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(repo)})
     deadline = time.time() + 120
     while not list(tmp_path.glob(".tmp-export.*/model-f16.gguf")) and time.time() < deadline:

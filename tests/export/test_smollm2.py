@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 
 pytestmark = pytest.mark.slow
 

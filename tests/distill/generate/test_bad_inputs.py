@@ -85,7 +85,7 @@ def test_one_line_on_stderr_from_the_real_command(tmp_path):
     from tests.conftest import REPO
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "1+1?", "answer": "2"}\n{"question": oops}\n', encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "cli", "generate", "--teacher", "hf:/no/model",
+    proc = subprocess.run([sys.executable, "-m", "distill", "generate", "--teacher", "hf:/no/model",
                            "--prompts", str(bad), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2

@@ -7,7 +7,7 @@ import pytest
 from distill.core.answers import reference_answer
 from distill.generate.filters import ContaminationIndex, Deduplicator, FilterSettings, decide_prompt
 from distill.generate.samples import build_row, sample_id
-from eval.backends import Completion
+from distill.backends import Completion
 
 PREFILL = "<think>\n"
 

@@ -36,7 +36,7 @@ def test_sigkill_mid_run_then_rerun(tmp_path):
     with FakeOpenAI(respond, delay=0.08) as fake:
         args = ["generate", "--teacher", f"openai:{fake.url}", "--model", "fake", "--prompts", str(prompts),
                 "--n", str(SAMPLES), "--concurrency", "2", "--out", str(out), "-q"]
-        proc = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=REPO,
+        proc = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         samples = out / "samples.jsonl"
         deadline = time.time() + 60

@@ -47,7 +47,7 @@ def test_hf_moe_teacher_counts_records_and_resumes(tiny_model, tmp_path, monkeyp
     kept_lines = [line for line, r in zip(lines, rows) if r["prompt_id"] != last]
     (out / "samples.jsonl").write_text("".join(kept_lines) + lines[-1][:40], encoding="utf-8")
     asked = []
-    from eval.backends import hf
+    from distill.backends import hf
     real = hf.HFBackend.generate
     monkeypatch.setattr(hf.HFBackend, "generate",
                         lambda self, prompts, sampling, on_done=None: asked.append(len(prompts)) or real(self, prompts, sampling, on_done))

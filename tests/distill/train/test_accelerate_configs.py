@@ -17,7 +17,7 @@ def test_example_accelerate_configs_parse(name, kind):
     config = ClusterConfig.from_yaml_file(str(path))
     assert config.distributed_type == kind and config.mixed_precision == "bf16"
     assert f"accelerate launch --config_file data/accelerate/{name}.yaml" in path.read_text()
-    assert "-m cli train --student" in path.read_text()
+    assert "-m distill train --student" in path.read_text()
     if kind == DistributedType.FSDP:
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     if kind == DistributedType.DEEPSPEED:

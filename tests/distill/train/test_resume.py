@@ -44,7 +44,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
             "--batch-size", str(BATCH), "--save-steps", "20", "--logging-steps", "10", "--eval-fraction", "0",
             "--threads", "1", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for_checkpoint(proc, out / "checkpoints")
     os.kill(proc.pid, signal.SIGKILL)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from distill.core.errors import UserError
-from eval.backends import Sampling, load_backend
+from distill.backends import Sampling, load_backend
 
 QUESTIONS = ["What is 2 + 2?", "Ava has 12 apples and gives away 5. Then she doubles them. How many now?",
              "Hi", "Tom has 3 bags of 4 marbles and finds 7 more marbles on the way home from school."]

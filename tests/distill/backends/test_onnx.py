@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from distill.core.errors import UserError
-from eval.backends import Sampling, load_backend, parse_spec
+from distill.backends import Sampling, load_backend, parse_spec
 
 QUESTIONS = ["Ava has 5 apples. Then Ava gets 3 more. How many apples does Ava have now?",
              "Ben has 12 coins. Then Ben gives away 4. How many coins does Ben have now?",

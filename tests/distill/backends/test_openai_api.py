@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from distill.core.errors import UserError
-from eval.backends import Sampling, load_backend
+from distill.backends import Sampling, load_backend
 from tests.conftest import smollm2_gguf
 from tests.distill.generate.servers import FakeOpenAI, llama_server
 

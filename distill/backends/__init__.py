@@ -74,10 +74,10 @@ class Collector:
 # name -> "module:function"; modules are imported on first use so that optional runtimes
 # (llama.cpp, onnxruntime-genai) are only loaded when asked for.
 BACKENDS: dict[str, str] = {
-    "hf": "eval.backends.hf:load",
-    "gguf": "eval.backends.gguf:load",
-    "onnx": "eval.backends.onnx:load",
-    "openai": "eval.backends.openai_api:load",
+    "hf": "distill.backends.hf:load",
+    "gguf": "distill.backends.gguf:load",
+    "onnx": "distill.backends.onnx:load",
+    "openai": "distill.backends.openai_api:load",
 }
 
 
