@@ -4,7 +4,8 @@ of the next-token distributions, top-1 agreement, and the artifact's perplexity.
 The held-out text is tokenized once with the reference's tokenizer and cut into windows; every
 runtime is fed exactly those token ids (transformers, llama.cpp with logits for every position,
 onnxruntime-genai), so the distributions are compared position by position. The reference's
-log-probabilities are kept in memory (tokens x vocabulary floats) while the artifacts are scored."""
+logits are kept in memory (tokens x vocabulary floats) while the artifacts are scored; the
+runtimes' logits readers and the KL/top-1 computation are distill/backends/logits.py's."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from distill.backends.logits import compare_positions, llama_logits, token_logprobs, torch_logits
+from distill.backends.logits import onnx_logits as genai_logits
 from distill.core.errors import UserError, one_line
 
 
@@ -22,7 +25,7 @@ from distill.core.errors import UserError, one_line
 class Reference:
     spec: str
     windows: list[list[int]]     # token ids, each window scored on its own
-    logprobs: list["object"]     # torch tensors [len(window), vocab], log-softmax of the reference
+    logits: list[np.ndarray]     # [len(window), vocab] float32, the reference's
     perplexity: float
 
     @property
@@ -54,12 +57,10 @@ def _require_vocab(target: str, vocab: int, windows: list[list[int]]) -> None:
 
 
 def hf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
-    import torch
     model = _load_hf(target, cfg)
     _require_vocab(target, model.get_input_embeddings().num_embeddings, windows)
-    with torch.inference_mode():
-        for window in windows:
-            yield model(torch.tensor([window])).logits[0].float().numpy()
+    for window in windows:
+        yield torch_logits(model, window)
 
 
 def gguf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
@@ -73,15 +74,12 @@ def gguf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarr
     try:
         _require_vocab(target, llm.n_vocab(), windows)
         for window in windows:
-            llm.reset()
-            llm.eval(window)
-            yield np.array(llm.scores[:len(window)], dtype=np.float32)
+            yield llama_logits(llm, window)
     finally:
         llm.close()
 
 
 def onnx_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
-    import onnxruntime_genai as og
     from distill.backends.onnx import open_model, read_genai_config
     genai = read_genai_config(Path(target))["model"]
     context = int(genai.get("context_length") or 0)
@@ -93,12 +91,7 @@ def onnx_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarr
                         f"({longest}); lower --fidelity-window")
     model = open_model(Path(target), cfg.threads)
     for window in windows:
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=min(len(window) + 1, context or len(window) + 1))
-        generator = og.Generator(model, params)
-        generator.append_tokens(np.array([window], dtype=np.int32))
-        yield np.asarray(generator.get_output("logits"), dtype=np.float32)[0, :len(window)]
-        del generator
+        yield genai_logits(model, window, context)
 
 
 LOGITS: dict[str, Callable[[str, list[list[int]], object], Iterator[np.ndarray]]] = {
@@ -126,14 +119,7 @@ def _windows(tokenizer, text: str, total: int, size: int) -> list[list[int]]:
     return windows
 
 
-def _nll(logprobs, window: list[int]) -> "object":
-    import torch
-    targets = torch.tensor(window[1:])
-    return -logprobs[:-1].gather(1, targets[:, None])[:, 0]
-
-
 def load_reference(spec: str, text: str, cfg) -> Reference:
-    import torch
     from transformers import AutoTokenizer
     target = spec.split(":", 1)[1]
     try:
@@ -141,26 +127,22 @@ def load_reference(spec: str, text: str, cfg) -> Reference:
     except Exception as e:  # noqa: BLE001
         raise UserError(f"reference: {target}: cannot load its tokenizer ({one_line(e)[:200]})") from None
     windows = _windows(tokenizer, text, cfg.fidelity_tokens, cfg.fidelity_window)
-    logprobs = [torch.log_softmax(torch.from_numpy(x), dim=-1) for x in hf_logits(target, windows, cfg)]
-    nll = torch.cat([_nll(lp, w) for lp, w in zip(logprobs, windows)])
-    return Reference(spec, windows, logprobs, math.exp(float(nll.mean())))
+    logits = list(hf_logits(target, windows, cfg))
+    nll = np.concatenate([-token_logprobs(x[:-1], w[1:]) for x, w in zip(logits, windows)])
+    return Reference(spec, windows, logits, math.exp(float(nll.mean())))
 
 
 def measure_fidelity(kind: str, target: str, reference: Reference, cfg) -> dict:
     """Mean KL(reference || model) per predicted position, top-1 agreement and perplexity."""
-    import torch
     if kind not in LOGITS:
         return {}
     kl_sum, agree, nll_sum, count = 0.0, 0, 0.0, 0
-    for window, ref, logits in zip(reference.windows, reference.logprobs, LOGITS[kind](target, reference.windows, cfg)):
-        art = torch.from_numpy(logits)
-        vocab = min(ref.shape[-1], art.shape[-1])
-        p_log = ref if vocab == ref.shape[-1] else torch.log_softmax(ref[:, :vocab], dim=-1)
-        q_log = torch.log_softmax(art[:, :vocab], dim=-1)
-        p_log, q_log = p_log[:-1], q_log[:-1]  # the last position predicts past the window
-        kl_sum += float((p_log.exp() * (p_log - q_log)).sum())
-        agree += int((p_log.argmax(-1) == q_log.argmax(-1)).sum())
-        nll_sum += float(-q_log.gather(1, torch.tensor(window[1:])[:, None]).sum())
+    for window, ref, logits in zip(reference.windows, reference.logits, LOGITS[kind](target, reference.windows, cfg)):
+        # the last position predicts past the window
+        stats = compare_positions(ref[:-1], logits[:-1], window[1:])
+        kl_sum += float(stats["kl"].sum())
+        agree += int(stats["top1"].sum())
+        nll_sum += float(-stats["logprob"].sum())
         count += len(window) - 1
     return {
         "mean_kld": kl_sum / count,

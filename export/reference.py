@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.backends.logits import eos_ids, kl_and_top1, log_softmax, torch_logits  # noqa: F401 (re-exported)
 from distill.core.chat import assistant_message, render_prompt
 
 # Strings that trip tokenizers: digit runs, whitespace runs, non-Latin scripts and emoji, the
@@ -64,13 +65,11 @@ def _held_out_text(tokenizer) -> str:
 
 def _eos_ids(folder: Path, tokenizer) -> set[int]:
     from transformers import GenerationConfig
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     try:
-        eos = GenerationConfig.from_pretrained(folder).eos_token_id
+        generation = GenerationConfig.from_pretrained(folder)
     except OSError:
-        eos = None
-    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    return ids
+        generation = None
+    return set(eos_ids(generation, tokenizer=tokenizer))
 
 
 def build_reference(folder: Path, new_tokens: int, threads: int, trust_remote_code: bool = False) -> Reference:
@@ -121,22 +120,7 @@ def _run_reference(model, tokenizer, ref: Reference, new_tokens: int) -> None:
             ref.greedy.append(tokens)
             ref.greedy_logits.append(np.stack(steps))
         ref.held_out = tokenizer.encode(_held_out_text(tokenizer), add_special_tokens=False)[:HELD_OUT_TOKENS]
-        ref.held_out_logits = model(torch.tensor([ref.held_out])).logits[0].float().numpy()
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def kl_and_top1(reference_logits: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
-    """Mean KL(reference || artifact) over positions, and how often both pick the same token."""
-    vocab = min(reference_logits.shape[-1], logits.shape[-1])
-    p, q = log_softmax(reference_logits[:, :vocab]), log_softmax(logits[:, :vocab])
-    kl = float((np.exp(p) * (p - q)).sum(axis=-1).mean())
-    top1 = float((reference_logits[:, :vocab].argmax(-1) == logits[:, :vocab].argmax(-1)).mean())
-    return max(kl, 0.0), top1
+        ref.held_out_logits = torch_logits(model, ref.held_out)
 
 
 def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:

@@ -12,7 +12,9 @@ from typing import Optional
 
 import numpy as np
 
-from .reference import Reference, compare_greedy, kl_and_top1
+from distill.backends.logits import kl_and_top1, llama_logits, onnx_logits
+
+from .reference import Reference, compare_greedy
 
 # Relative logit tolerance for calling a greedy divergence a tie, and the most KL (nats) a float
 # artifact may show against the fp32 HF model: rounding of the weights, nothing more.
@@ -62,9 +64,7 @@ def check_gguf(path: Path, quant: str, ref: Reference, threads: int,
         if not result["tokenizer"]["match"]:
             result["failures"].append("token ids differ from the HF tokenizer")
 
-        llm.reset()
-        llm.eval(ref.held_out)
-        logits = np.array(llm.scores[: len(ref.held_out)], dtype=np.float32)
+        logits = llama_logits(llm, ref.held_out)
         kl_hf, top1_hf = kl_and_top1(ref.held_out_logits, logits)
         result["vs_hf"] = {"mean_kld": round(kl_hf, 6), "top1_agreement": round(top1_hf, 4),
                            "tokens": len(ref.held_out)}
@@ -125,7 +125,7 @@ def check_onnx(folder: Path, precision: str, ref: Reference) -> dict:
         result["chat_template"] = False
         result["failures"].append("the chat template is missing from the folder")
 
-    logits = _onnx_logits(og, model, ref.held_out)
+    logits = onnx_logits(model, ref.held_out)
     kl, top1 = kl_and_top1(ref.held_out_logits, logits)
     result["vs_hf"] = {"mean_kld": round(kl, 6), "top1_agreement": round(top1, 4), "tokens": len(ref.held_out)}
     runs = [compare_greedy(ref, i, _onnx_greedy(og, model, p, len(ref.greedy[i])),
@@ -139,14 +139,6 @@ def check_onnx(folder: Path, precision: str, ref: Reference) -> dict:
         if kl > FLOAT_MAX_KLD["fp32"]:
             result["failures"].append(f"KL divergence from the HF model {kl:.4g} > {FLOAT_MAX_KLD['fp32']}")
     return _finish(result)
-
-
-def _onnx_logits(og, model, tokens: list[int]) -> np.ndarray:
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(tokens) + 1, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.asarray(tokens, dtype=np.int32))
-    return np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
 
 
 def _onnx_greedy(og, model, prompt: list[int], n: int) -> list[int]:

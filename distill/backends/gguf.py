@@ -1,38 +1,50 @@
-"""`gguf:FILE`: llama.cpp through llama-cpp-python (`llama_cpp.Llama`), in this process.
+"""`gguf:FILE`: llama.cpp through llama-cpp-python, in this process, many sequences at a time.
 
 The prompt is rendered with the GGUF's own chat template (`tokenizer.chat_template`, with the
 model's BOS/EOS strings) and the assistant turn opened with "<think>\\n", then tokenized with
 special tokens parsed and no BOS added (the template writes it where the model wants it), which
-is how transformers tokenizes a rendered chat. A sample stops at any end-of-generation token of
-the vocabulary (llama.cpp's `is_eog`), at a stop string, or at the token limit or the end of the
-context ("length"). Sampling uses temperature and top-p only (top-k, min-p and the repeat penalty
-are off; temperature 0 is greedy); sample j of a prompt is seeded with `seed + j`. Every sample
-evaluates its whole prompt afresh (no prefix reuse), so the same prompt and seed always give the
-same text.
+is how transformers tokenizes a rendered chat.
+
+Generation is batched (distill/backends/gguf_batch.py): up to `batch_size` samples are decoded
+together in one llama.cpp context, one sequence id each, and a finished sample's slot is given to
+the next waiting one at once. A prompt is evaluated once for its k samples (its KV cache is copied
+to their sequences). A sample stops at any end-of-generation token of the vocabulary (llama.cpp's
+`is_eog`), at a stop string, or at the token limit or the end of its context window ("length").
+Sampling is temperature, then top-p, then a draw (top-k, min-p and the repeat penalty are off;
+temperature 0 is greedy: the argmax, once per prompt); sample j of a prompt draws with its own
+generator seeded `seed + j`, so a sample does not depend on what else is in the batch. The batch
+shape does change llama.cpp's logits in the last bits, so greedy text can differ from
+one-at-a-time decoding where the model's top two tokens are a near tie; for a given list of
+prompts and settings the schedule, and so the text, is the same on every run.
 
 Options of `load` (unknown ones are ignored, so callers can pass one set to every backend):
-    n_ctx      context window in tokens (8192; 0 takes the model's training context)
-    threads    CPU threads (default: all cores)
-    n_batch    prompt tokens evaluated per batch (512)
+    n_ctx       context window of one sample in tokens (8192; 0 takes the model's training context)
+    threads     CPU threads (default: all cores)
+    n_batch     prompt tokens evaluated per llama.cpp batch (512)
+    batch_size  samples decoded together (16); the KV cache holds batch_size x window tokens,
+                the window being the longest prompt plus max_new_tokens (at most n_ctx)
 
-Beyond the contract the backend exposes `llm` (the `llama_cpp.Llama`) and `count_tokens(text)`.
-`ttft_s` includes the prompt evaluation; `decode_s` runs from the first token to the last.
+Beyond the contract the backend exposes `llm` (the `llama_cpp.Llama`, used for the vocabulary,
+the chat template and anyone who wants llama-cpp-python's own API) and `count_tokens(text)`.
+`ttft_s` runs from a sample's admission (prompt evaluation included) to its first token, and
+`decode_s` from there to its last token, both in a shared batch.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from distill.core.chat import THINK_OPEN
 from distill.core.errors import UserError
 
-from . import Completion, Sampling
+from . import Collector, Completion, Sampling
+
+MAX_SEQUENCES = 256   # llama.cpp's LLAMA_MAX_SEQ
 
 
 def load(target: str, n_ctx: int = 8192, threads: int | None = None, n_batch: int = 512,
-         **_unused) -> "GGUFBackend":
+         batch_size: int = 16, **_unused) -> "GGUFBackend":
     path = Path(target)
     if not path.is_file():
         raise UserError(f"gguf:{target}: no such file")
@@ -49,16 +61,17 @@ def load(target: str, n_ctx: int = 8192, threads: int | None = None, n_batch: in
                               n_threads_batch=threads, n_batch=n_batch, verbose=False)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"gguf:{target}: llama.cpp cannot load it ({e})") from None
-    return GGUFBackend(target, llm)
+    return GGUFBackend(target, llm, batch_size)
 
 
 class GGUFBackend:
     kind = "gguf"
 
-    def __init__(self, target: str, llm):
+    def __init__(self, target: str, llm, batch_size: int = 16):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.target, self.llm = target, llm
+        self.batch_size = max(1, min(int(batch_size), MAX_SEQUENCES))
         template = llm.metadata.get("tokenizer.chat_template")
         self._formatter = None
         if template:
@@ -81,59 +94,32 @@ class GGUFBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
-    def generate(self, prompts: list[str], sampling: Sampling, on_done=None) -> list[list[Completion]]:
-        results = []
-        for i, prompt in enumerate(prompts):
-            tokens = self.tokenize(prompt)
-            if sampling.temperature == 0:
-                completions = [self._sample(tokens, sampling, sampling.seed)] * sampling.n
-            else:
-                completions = [self._sample(tokens, sampling, sampling.seed + j) for j in range(sampling.n)]
-            results.append(completions)
-            if on_done is not None:
-                on_done(i, completions)
-        return results
+    def detokenize(self, tokens: list[int]) -> bytes:
+        return self.llm.detokenize(tokens, special=True)
 
-    def _sample(self, prompt_tokens: list[int], sampling: Sampling, seed: int) -> Completion:
-        import llama_cpp
+    def generate(self, prompts: list[str], sampling: Sampling, on_done=None,
+                 batch_size: int | None = None) -> list[list[Completion]]:
+        """`batch_size` overrides the backend's for this call (1: one sample at a time)."""
+        from .gguf_batch import BatchDecoder, Job
 
-        llm = self.llm
-        budget = min(sampling.max_new_tokens, llm.n_ctx() - len(prompt_tokens))
-        if budget <= 0:
-            return Completion("", "length", len(prompt_tokens), 0, ttft_s=0.0, decode_s=0.0)
-        llm.set_seed(seed & 0xFFFFFFFF)
-        # evaluate the whole prompt every time: reusing a cached prefix re-evaluates its last
-        # token in a batch of another size, which changes the logits slightly and with them
-        # greedy near-ties, so the same prompt would not always give the same answer
-        llm.reset()
-        out: list[int] = []
-        tail = b""
-        finish, first = "length", None
-        started = time.perf_counter()
-        for token in llm.generate(prompt_tokens, top_k=0, top_p=sampling.top_p if sampling.temperature else 1.0,
-                                  min_p=0.0, typical_p=1.0, temp=sampling.temperature,
-                                  repeat_penalty=1.0, reset=False):
-            now = time.perf_counter()
-            first = first or now
-            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-                finish = "stop"
-                break
-            out.append(token)
-            if sampling.stop:
-                tail = (tail + llm.detokenize([token], special=True))[-4096:]
-                if any(s.encode("utf-8") in tail for s in sampling.stop if s):
-                    finish = "stop"
-                    break
-            if len(out) >= budget:
-                break
-        last = time.perf_counter()
-        text = llm.detokenize(out, special=True).decode("utf-8", errors="replace")
-        cuts = [text.find(s) for s in sampling.stop if s and s in text]
-        if cuts:
-            text = text[:min(cuts)]
-        first = first or last
-        return Completion(text=text, finish_reason=finish, prompt_tokens=len(prompt_tokens),
-                          completion_tokens=len(out), ttft_s=first - started, decode_s=last - first)
+        collector = Collector(len(prompts), sampling, on_done)
+        encoded = [self.tokenize(p) for p in prompts]
+        jobs = []
+        for i, j in collector.jobs():
+            tokens = encoded[i]
+            budget = min(sampling.max_new_tokens, self.llm.n_ctx() - len(tokens))
+            if not tokens or budget <= 0:
+                error = None if tokens else "the prompt is empty"
+                collector.add(i, j, Completion("", "length", len(tokens), 0, ttft_s=0.0, decode_s=0.0,
+                                               error=error))
+                continue
+            seed = sampling.seed + j if sampling.temperature > 0 else None
+            jobs.append(Job(i, j, tokens, budget, seed))
+        if jobs:
+            slots = min(batch_size or self.batch_size, len(jobs))
+            with BatchDecoder(self, slots, window=max(len(job.prompt) + job.budget for job in jobs)) as decoder:
+                decoder.run(jobs, sampling, lambda job, completion: collector.add(job.index, job.copy, completion))
+        return collector.results
 
     def close(self) -> None:
         if self.llm is not None:

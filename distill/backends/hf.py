@@ -1,15 +1,21 @@
 """`hf:PATH_OR_ID`: transformers, any causal LM including MoE (Qwen3-MoE, Qwen2-MoE, Mixtral,
 DeepSeek-V3 family).
 
-Batched generation with the KV cache: prompts are tokenized as rendered (no extra special tokens,
-the chat template already wrote them), sorted by length so that a batch wastes little padding,
-left-padded, and each prompt is repeated `n` times in the batch (greedy decoding, temperature 0,
-generates once and copies). A sample stops at the end-of-turn token: the ids in the model's
-generation_config `eos_token_id` plus the tokenizer's eos. `finish_reason` is "length" when the
-token limit was reached without it. Stop strings are looked for in the generated text only
-(never across the prompt) and the text is cut before them. Sampling uses exactly temperature and
-top-p (top-k, min-p and repetition penalty are turned off) so that the numbers compare with the
-other backends.
+Batched generation that keeps the batch full: up to `batch_size` samples decode together with a
+KV cache; a sample that ends leaves the batch at once and the next waiting prompts are prefilled
+(left-padded) and join it, their cache left-padded to the batch's; cache columns no row attends
+to any more are dropped. Prompts are tokenized as rendered (no extra special tokens, the chat
+template already wrote them) and taken longest first; greedy decoding (temperature 0) generates
+each prompt once and copies it `n` times. A sample stops at the end-of-turn token: the ids in the
+model's generation_config `eos_token_id` (else its config's) plus the tokenizer's eos
+(distill/backends/logits.py `eos_ids`). `finish_reason` is "length" when the token limit was
+reached without it. Stop strings are looked for in a short tail of the generated text (never
+across the prompt), grown by one cached token string per step, and the text is cut before them.
+Sampling is exactly temperature, then top-p as transformers defines it, then a draw with the
+sample's own generator seeded `seed + j` (top-k, min-p and repetition penalty off), so that the
+numbers compare with the other backends and a sample does not depend on its batch. Models whose
+cache is not plain growing tensors (sliding-window layers) run the same loop without joining:
+new prompts wait until the batch is empty.
 
 Options of `load` (unknown ones are ignored, so callers can pass one set to every backend):
     dtype               "auto" (bf16 on a GPU, fp32 on CPU), "float32", "bfloat16", "float16"
@@ -19,19 +25,23 @@ Options of `load` (unknown ones are ignored, so callers can pass one set to ever
     device_map          passed to from_pretrained (default "auto" on a GPU, none on CPU)
 
 Beyond the contract the backend exposes `model`, `tokenizer`, `device` and `count_tokens(text)`.
-Timings: `ttft_s` is the time to the batch's first generated token; `decode_s` runs from there to
-the sample's last token (the batch is shared, so these are per-batch figures).
+Timings: `ttft_s` runs from a sample's prefill to its first token, `decode_s` from there to its
+last token (in a shared batch).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.core.chat import render_prompt
 from distill.core.errors import UserError
 
 from . import Collector, Completion, Sampling
+from .logits import eos_ids
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -82,7 +92,13 @@ class HFBackend:
         self.target, self.model, self.tokenizer = target, model, tokenizer
         self.batch_size = max(1, batch_size)
         self.device = next(model.parameters()).device
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model.generation_config, model.config, tokenizer=tokenizer)
+        if not self.eos_ids:
+            raise UserError(f"hf:{target}: neither the generation config nor the tokenizer names an "
+                            "end-of-sequence token")
+        self._pieces: dict[int, str] = {}
+        # transformers 5.x renames `past_key_values` to `cache`
+        self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
 
@@ -93,105 +109,174 @@ class HFBackend:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompts: list[str], sampling: Sampling, on_done=None) -> list[list[Completion]]:
-        import torch
-
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         collector = Collector(len(prompts), sampling, on_done)
-        rows = sorted(collector.jobs(), key=lambda ij: -len(encoded[ij[0]]))
-        torch.manual_seed(sampling.seed)
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start:start + self.batch_size]
-            for (i, j), completion in zip(batch, self._generate_batch([encoded[i] for i, _ in batch], sampling)):
-                collector.add(i, j, completion)
+        seeded = sampling.temperature > 0
+        rows = [_Row(i, j, encoded[i], sampling.seed + j if seeded else None) for i, j in collector.jobs()]
+        rows.sort(key=lambda row: -len(row.prompt))  # newcomers then fit inside the batch's cache
+        self._decode(rows, sampling, lambda row, completion: collector.add(row.index, row.copy, completion))
         return collector.results
 
-    def _generate_batch(self, token_lists: list[list[int]], sampling: Sampling) -> list[Completion]:
+    def _decode(self, queue: list["_Row"], sampling: Sampling, on_done) -> None:
+        """Decode every row, `batch_size` at a time; a finished row leaves the batch at once and
+        the next waiting ones are prefilled and join it (their cache left-padded to the batch's)."""
         import torch
-        from transformers import StoppingCriteriaList
 
-        width = max(len(t) for t in token_lists)
-        input_ids = torch.full((len(token_lists), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(token_lists), width), dtype=torch.long)
-        for row, tokens in enumerate(token_lists):
-            if tokens:
-                input_ids[row, width - len(tokens):] = torch.tensor(tokens)
-                attention[row, width - len(tokens):] = 1
-        watch = _StepWatch(self.tokenizer, width, sampling.stop)
-        started = time.perf_counter()
+        queue, rows = deque(queue), []
+        cache = mask = logits = None
+        watch = _Watch(self.tokenizer, set(self.eos_ids), sampling, self._pieces)
         with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
-                stopping_criteria=StoppingCriteriaList([watch]), **self._sampling_kwargs(sampling))
-        completions = []
-        for row, (tokens, prompt) in enumerate(zip(output[:, width:].tolist(), token_lists)):
-            length = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
-            finish = "stop" if length is not None else "length"
-            if length is None:
-                length = len(tokens)
-            if row in watch.stopped_at and watch.stopped_at[row] <= length:
-                length, finish = watch.stopped_at[row], "stop"
-            text = self.tokenizer.decode(tokens[:length], skip_special_tokens=False)
-            cuts = [text.find(s) for s in sampling.stop if s and s in text]
-            if cuts:
-                text, finish = text[:min(cuts)], "stop"
-            steps = watch.times
-            first = steps[0] if steps else time.perf_counter()
-            last = steps[min(length, len(steps)) - 1] if steps and length else first
-            completions.append(Completion(
-                text=text, finish_reason=finish, prompt_tokens=len(prompt),
-                completion_tokens=length, ttft_s=first - started, decode_s=last - first))
-        return completions
+            while queue or rows:
+                free = self.batch_size - len(rows)
+                if queue and free and (cache is None or _joinable(cache)):
+                    new = [queue.popleft() for _ in range(min(free, len(queue)))]
+                    new_cache, new_mask, new_logits = self._prefill(new)
+                    cache, mask = _join(cache, mask, new_cache, new_mask)
+                    logits = new_logits if logits is None else torch.cat([logits, new_logits])
+                    rows += new
+                tokens = self._pick(logits, rows, sampling)
+                keep = []
+                for k, (row, token) in enumerate(zip(rows, tokens)):
+                    if watch.advance(row, token):
+                        on_done(row, watch.completion(row))
+                    else:
+                        keep.append(k)
+                if not keep:
+                    rows, cache, mask, logits = [], None, None, None
+                    continue
+                if len(keep) < len(rows):
+                    rows = [rows[k] for k in keep]
+                    index = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(index)
+                    mask = _trim(cache, mask[index])
+                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+                out = self.model(input_ids=torch.tensor([[row.out[-1]] for row in rows], device=self.device),
+                                 attention_mask=mask, position_ids=mask.sum(1, keepdim=True) - 1,
+                                 use_cache=True, **{self._cache_argument: cache})
+                cache, logits = _cache_of(out), out.logits[:, -1].float()
 
-    def _sampling_kwargs(self, sampling: Sampling) -> dict:
-        kwargs = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=self.eos_ids,
-                      pad_token_id=self.pad_id, min_p=None, repetition_penalty=1.0)
-        if sampling.temperature > 0:
-            # top_k=0 turns off the top-k=50 a checkpoint's generation_config may carry.
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=None)
-        return kwargs
+    def _prefill(self, rows: list["_Row"]):
+        """The left-padded prompts of `rows` through the model: their cache, mask and last logits."""
+        import torch
+        width = max(len(row.prompt) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        started = time.perf_counter()
+        for k, row in enumerate(rows):
+            input_ids[k, width - len(row.prompt):] = torch.tensor(row.prompt)
+            mask[k, width - len(row.prompt):] = 1
+            row.started = started
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        input_ids, mask, positions = (t.to(self.device) for t in (input_ids, mask, positions))
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        return _cache_of(out), mask, out.logits[:, -1].float()
+
+    def _pick(self, logits, rows: list["_Row"], sampling: Sampling) -> list[int]:
+        """Greedy: the argmax. Else temperature, then top-p as transformers defines it (the
+        smallest set of tokens holding top_p of the mass), then a draw with the row's own generator."""
+        import torch
+        if sampling.temperature == 0:
+            return logits.argmax(-1).tolist()
+        scaled = logits / sampling.temperature
+        if sampling.top_p < 1.0:
+            ordered, order = torch.sort(scaled, descending=False)
+            drop = ordered.softmax(-1).cumsum(-1) <= 1 - sampling.top_p
+            drop[:, -1] = False
+            scaled = scaled.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        probs = scaled.softmax(-1)
+        for row in rows:
+            if row.generator is None:
+                row.generator = torch.Generator(device=self.device).manual_seed(row.seed)
+        return [int(torch.multinomial(probs[k], 1, generator=row.generator)) for k, row in enumerate(rows)]
 
     def close(self) -> None:
         self.model = None
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if configured is None:
-        configured = getattr(model.config, "eos_token_id", None)
-    ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    ids = [i for i in dict.fromkeys(ids) if i is not None]
-    if not ids:
-        raise UserError("model: neither the generation config nor the tokenizer names an "
-                        "end-of-sequence token")
-    return ids
+@dataclass
+class _Row:
+    """One sample: prompt `index`, sample `copy`, its seed (None: greedy) and what it generated."""
+    index: int
+    copy: int
+    prompt: list[int]
+    seed: int | None
+    out: list[int] = field(default_factory=list)
+    tail: str = ""
+    finish: str = "length"
+    generator: object = None
+    started: float = 0.0
+    first: float | None = None
+    last: float = 0.0
 
 
-class _StepWatch:
-    """A stopping criterion that notes when each token of the batch was produced and stops a
-    row when its generated text (never the prompt) contains a stop string."""
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
-    def __init__(self, tokenizer, prompt_width: int, stops: list[str]):
-        self.tokenizer, self.width = tokenizer, prompt_width
-        self.stops = [s for s in stops if s]
-        self.tail = max((len(s) for s in self.stops), default=0) + 2
-        self.times: list[float] = []
-        self.stopped_at: dict[int, int] = {}
 
-    def __call__(self, ids, scores, **kwargs):
-        import torch
-        self.times.append(time.perf_counter())
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+def _joinable(cache) -> bool:
+    """Rows can join a cache whose layers are plain growing tensors (not sliding windows)."""
+    return all(type(layer).__name__ == "DynamicLayer" for layer in getattr(cache, "layers", [None]))
+
+
+def _join(cache, mask, new_cache, new_mask):
+    """The batch's cache and mask with the new rows appended, the shorter side left-padded."""
+    import torch
+    if cache is None:
+        return new_cache, new_mask
+    width = max(mask.shape[1], new_mask.shape[1])
+    pad = lambda t, dim_len: torch.nn.functional.pad(t, (0, 0, width - dim_len, 0))  # noqa: E731
+    for layer, new in zip(cache.layers, new_cache.layers):
+        length, new_length = layer.keys.shape[-2], new.keys.shape[-2]
+        layer.keys = torch.cat([pad(layer.keys, length), pad(new.keys, new_length)])
+        layer.values = torch.cat([pad(layer.values, length), pad(new.values, new_length)])
+    left = lambda m: torch.nn.functional.pad(m, (width - m.shape[1], 0))  # noqa: E731
+    return cache, torch.cat([left(mask), left(new_mask)])
+
+
+def _trim(cache, mask):
+    """Drop the cache columns on the left that no remaining row attends to."""
+    first = int(mask.any(0).int().argmax())
+    if first > 0 and _joinable(cache):
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+        return mask[:, first:]
+    return mask
+
+
+class _Watch:
+    """Ends rows: at an end-of-sequence id, a stop string, or the token limit. Stop strings are
+    looked for in a short tail of each row's generated text (never the prompt), grown by one
+    cached token string per step, so no row is decoded in full while it runs."""
+
+    def __init__(self, tokenizer, eos: set[int], sampling: Sampling, pieces: dict[int, str]):
+        self.tokenizer, self.eos, self.sampling, self.pieces = tokenizer, eos, sampling, pieces
+        self.stops = [s for s in sampling.stop if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+
+    def advance(self, row: _Row, token: int) -> bool:
+        """Take `token` for `row`; True when the row is finished."""
+        row.last = time.perf_counter()
+        row.first = row.first or row.last
+        if token in self.eos:
+            row.finish = "stop"
+            return True
+        row.out.append(token)
         if self.stops:
-            generated = ids.shape[1] - self.width
-            for row in range(ids.shape[0]):
-                if row in self.stopped_at:
-                    continue
-                tail = ids[row, max(self.width, ids.shape[1] - self.tail):].tolist()
-                if any(s in self.tokenizer.decode(tail, skip_special_tokens=False) for s in self.stops):
-                    self.stopped_at[row] = generated
-                    done[row] = True
-        return done
+            piece = self.pieces.get(token)
+            if piece is None:
+                piece = self.pieces[token] = self.tokenizer.decode([token], skip_special_tokens=False)
+            row.tail = (row.tail + piece)[-(len(piece) + self.longest):]
+            if any(s in row.tail for s in self.stops):
+                row.finish = "stop"
+                return True
+        return len(row.out) >= self.sampling.max_new_tokens
+
+    def completion(self, row: _Row) -> Completion:
+        text = self.tokenizer.decode(row.out, skip_special_tokens=False)
+        cuts = [text.find(s) for s in self.stops if s in text]
+        if cuts:
+            text, row.finish = text[:min(cuts)], "stop"
+        return Completion(text=text, finish_reason=row.finish, prompt_tokens=len(row.prompt),
+                          completion_tokens=len(row.out), ttft_s=row.first - row.started,
+                          decode_s=row.last - row.first)

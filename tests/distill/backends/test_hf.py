@@ -78,7 +78,10 @@ def test_stops_at_the_end_of_turn_token_and_at_stop_strings(moe):
 def test_qwen2_moe_teacher(tiny_model):
     backend = load_backend(f"hf:{tiny_model('qwen2_moe')}", batch_size=2)
     out = backend.generate([backend.render(q) for q in QUESTIONS[:2]], Sampling(n=2, max_new_tokens=4, temperature=0.6))
-    assert [len(c) for c in out] == [2, 2] and all(c.completion_tokens == 4 for cs in out for c in cs)
+    assert [len(c) for c in out] == [2, 2]
+    # a random model may sample the end-of-turn token; then the sample is shorter
+    assert all((c.finish_reason == "length") == (c.completion_tokens == 4) for cs in out for c in cs)
+    assert any(c.completion_tokens == 4 for cs in out for c in cs)
 
 
 def test_not_a_model(tmp_path):

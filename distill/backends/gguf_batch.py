@@ -1,0 +1,175 @@
+"""Many samples decoded together in one llama.cpp context (llama-cpp-python's low-level API).
+
+Each slot of the context is one sequence id with a KV stream of its own (`kv_unified` off: a
+token attends only to its own sequence, which is what keeps a batch of long samples cheap). A
+sample enters a free slot with its prompt's first L-1 tokens in the cache: evaluated there, or,
+when a sample of the same prompt is in another slot already, copied from it (`llama_memory_seq_cp`)
+and cut back to L-1 tokens. Every decode step then feeds one token per active slot (the prompt's
+last token first) and asks for the logits of each. So a prompt is evaluated once for its k
+samples, and the samples of several prompts share every weight read of a step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distill.core.errors import UserError
+
+from . import Completion, Sampling
+
+
+@dataclass
+class Job:
+    """One sample to generate: prompt `index`, sample `copy`, its token budget, and its seed
+    (None: greedy)."""
+    index: int
+    copy: int
+    prompt: list[int]
+    budget: int
+    seed: int | None
+    # decoding state
+    slot: int = -1
+    pos: int = 0
+    next_token: int = 0
+    out: list[int] = field(default_factory=list)
+    tail: bytes = b""
+    sampler: object = None
+    finish: str = "length"
+    started: float = 0.0
+    first: float | None = None
+    last: float = 0.0
+
+
+class BatchDecoder:
+    def __init__(self, backend, slots: int, window: int):
+        import llama_cpp
+
+        self.backend, self.llm, self.slots = backend, backend.llm, slots
+        params = llama_cpp.llama_context_params.from_buffer_copy(self.llm.context_params)
+        self.n_batch = max(int(params.n_batch), slots)
+        params.n_seq_max = slots
+        params.kv_unified = False
+        params.n_ctx = slots * window  # llama.cpp gives each sequence n_ctx / n_seq_max (padded)
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.embeddings = False
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.llm._model.model, params)
+        if not self.ctx:
+            raise UserError(f"gguf:{backend.target}: llama.cpp cannot make a context of {slots} sequences "
+                            f"x {window} tokens (lower --batch-size or the token limit)")
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.vocab = self.llm._model.vocab
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self._pieces: dict[int, bytes] = {}
+
+    def __enter__(self) -> "BatchDecoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import llama_cpp
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+
+    def run(self, jobs: list[Job], sampling: Sampling, on_done) -> None:
+        """Decode every job; `on_done(job, completion)` as each one finishes."""
+        stops = [s.encode("utf-8") for s in sampling.stop if s]
+        pending, free = deque(jobs), list(range(self.slots - 1, -1, -1))
+        active: dict[int, Job] = {}
+        while pending or active:
+            while pending and free:
+                job = pending.popleft()
+                self._admit(job, free.pop(), active, sampling)
+                active[job.slot] = job
+            order = list(active.values())
+            self._decode([(job.next_token, job.pos, job.slot, True) for job in order])
+            for k, job in enumerate(order):
+                if self._advance(job, self._sample(job, k), stops):
+                    self._release(job)
+                    del active[job.slot]
+                    free.append(job.slot)
+                    on_done(job, self._completion(job, sampling))
+
+    def _admit(self, job: Job, slot: int, active: dict[int, Job], sampling: Sampling) -> None:
+        import llama_cpp
+
+        job.slot, job.started = slot, time.perf_counter()
+        head = len(job.prompt) - 1
+        sibling = next((o for o in active.values() if o.index == job.index and o.prompt == job.prompt), None)
+        if sibling is not None:  # copy the whole stream, then drop what the sibling generated
+            llama_cpp.llama_memory_seq_cp(self.mem, sibling.slot, slot, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.mem, slot, head, -1)
+        else:
+            for start in range(0, head, self.n_batch):
+                chunk = job.prompt[start:min(head, start + self.n_batch)]
+                self._decode([(t, start + n, slot, False) for n, t in enumerate(chunk)])
+        job.pos, job.next_token = head, job.prompt[-1]
+        if job.seed is not None:
+            chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(job.seed & 0xFFFFFFFF))
+            job.sampler = chain
+
+    def _decode(self, tokens: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (token, position, sequence id, wants logits) entries."""
+        import llama_cpp
+
+        batch = self.batch
+        for k, (token, pos, seq, logits) in enumerate(tokens):
+            batch.token[k], batch.pos[k], batch.n_seq_id[k] = token, pos, 1
+            batch.seq_id[k][0], batch.logits[k] = seq, logits
+        batch.n_tokens = len(tokens)
+        rc = llama_cpp.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise UserError(f"gguf:{self.backend.target}: llama.cpp failed to decode a batch of "
+                            f"{len(tokens)} tokens (llama_decode returned {rc})")
+
+    def _sample(self, job: Job, k: int) -> int:
+        import llama_cpp
+        if job.sampler is not None:
+            return int(llama_cpp.llama_sampler_sample(job.sampler, self.ctx, k))
+        logits = llama_cpp.llama_get_logits_ith(self.ctx, k)
+        return int(np.ctypeslib.as_array(ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)),
+                                         shape=(self.n_vocab,)).argmax())
+
+    def _advance(self, job: Job, token: int, stops: list[bytes]) -> bool:
+        """Take the sampled token; True when the sample is finished."""
+        import llama_cpp
+        job.last = time.perf_counter()
+        job.first = job.first or job.last
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            job.finish = "stop"
+            return True
+        job.out.append(token)
+        if stops:
+            piece = self._pieces.get(token)
+            if piece is None:
+                piece = self._pieces[token] = self.backend.detokenize([token])
+            job.tail = (job.tail + piece)[-(len(piece) + max(map(len, stops))):]
+            if any(s in job.tail for s in stops):
+                job.finish = "stop"
+                return True
+        job.next_token, job.pos = token, job.pos + 1
+        return len(job.out) >= job.budget
+
+    def _release(self, job: Job) -> None:
+        import llama_cpp
+        llama_cpp.llama_memory_seq_rm(self.mem, job.slot, -1, -1)
+        if job.sampler is not None:
+            llama_cpp.llama_sampler_free(job.sampler)
+            job.sampler = None
+
+    def _completion(self, job: Job, sampling: Sampling) -> Completion:
+        text = self.backend.detokenize(job.out).decode("utf-8", errors="replace")
+        cuts = [text.find(s) for s in sampling.stop if s and s in text]
+        if cuts:
+            text = text[:min(cuts)]
+        return Completion(text=text, finish_reason=job.finish, prompt_tokens=len(job.prompt),
+                          completion_tokens=len(job.out), ttft_s=job.first - job.started,
+                          decode_s=job.last - job.first)
