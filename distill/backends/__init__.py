@@ -44,6 +44,7 @@ class Completion:
     ttft_s: float | None = None        # time to first token
     decode_s: float | None = None      # time from the first token to the last
     error: str | None = None           # set when the request failed for good (openai)
+    token_ids: list[int] | None = None # the generated ids, end-of-turn excluded (hf, gguf)
 
 
 class Collector:

@@ -54,7 +54,8 @@ class BatchDecoder:
         self.n_batch = max(int(params.n_batch), slots)
         params.n_seq_max = slots
         params.kv_unified = False
-        params.n_ctx = slots * window  # llama.cpp gives each sequence n_ctx / n_seq_max (padded)
+        window = -(-window // 256) * 256  # llama.cpp pads contexts to 256 cells
+        params.n_ctx = slots * window     # and gives each sequence n_ctx / n_seq_max
         params.n_batch = params.n_ubatch = self.n_batch
         params.embeddings = False
         params.no_perf = True
@@ -172,4 +173,4 @@ class BatchDecoder:
             text = text[:min(cuts)]
         return Completion(text=text, finish_reason=job.finish, prompt_tokens=len(job.prompt),
                           completion_tokens=len(job.out), ttft_s=job.first - job.started,
-                          decode_s=job.last - job.first)
+                          decode_s=job.last - job.first, token_ids=job.out)

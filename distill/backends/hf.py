@@ -279,4 +279,4 @@ class _Watch:
             text, row.finish = text[:min(cuts)], "stop"
         return Completion(text=text, finish_reason=row.finish, prompt_tokens=len(row.prompt),
                           completion_tokens=len(row.out), ttft_s=row.first - row.started,
-                          decode_s=row.last - row.first)
+                          decode_s=row.last - row.first, token_ids=row.out)

