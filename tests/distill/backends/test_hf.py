@@ -75,6 +75,44 @@ def test_stops_at_the_end_of_turn_token_and_at_stop_strings(moe):
     assert cut.completion_tokens < free.completion_tokens
 
 
+@pytest.fixture(scope="module")
+def lively(tiny_model):
+    """A tiny MoE with larger random weights, whose greedy text depends on the prompt (the
+    default initialisation echoes the last prompt token whatever the prompt)."""
+    backend = load_backend(f"hf:{tiny_model('qwen3_moe', initializer_range=0.4)}", batch_size=4)
+    yield backend
+    backend.close()
+
+
+def test_finished_rows_make_room_for_waiting_prompts(lively):
+    """Rows that end early leave the batch and waiting prompts join the running ones (their
+    cache left-padded to the batch's): the text is still what one prompt at a time gives, and a
+    sampled row draws the same tokens whatever batch it sits in."""
+    moe = lively
+    prompts = [moe.render(q) for q in QUESTIONS + ["One more, a little longer than most of the others?"]]
+    greedy = Sampling(max_new_tokens=10)
+    free = [moe.generate([p], greedy)[0][0] for p in prompts]
+    original, size = moe.eos_ids, moe.batch_size
+    # end the turn at the token whose first appearance varies most between rows
+    first = lambda t, ids: ids.index(t) if t in ids else None  # noqa: E731
+    moe.eos_ids = [max({t for f in free for t in f.token_ids},
+                       key=lambda t: (len({first(t, f.token_ids) for f in free}), -t))]
+    try:
+        single = [moe.generate([p], greedy)[0][0] for p in prompts]
+        moe.batch_size = 2
+        batched = moe.generate(prompts, greedy)
+        sampled = Sampling(n=2, max_new_tokens=8, temperature=1.0, seed=3)
+        narrow = moe.generate(prompts, sampled)
+        moe.batch_size = 16
+        wide = moe.generate(prompts, sampled)
+    finally:
+        moe.eos_ids, moe.batch_size = original, size
+    assert len({s.completion_tokens for s in single}) > 1          # rows really ended apart
+    assert [b[0].token_ids for b in batched] == [s.token_ids for s in single]
+    assert [b[0].finish_reason for b in batched] == [s.finish_reason for s in single]
+    assert [[c.token_ids for c in cs] for cs in narrow] == [[c.token_ids for c in cs] for cs in wide]
+
+
 def test_qwen2_moe_teacher(tiny_model):
     backend = load_backend(f"hf:{tiny_model('qwen2_moe')}", batch_size=2)
     out = backend.generate([backend.render(q) for q in QUESTIONS[:2]], Sampling(n=2, max_new_tokens=4, temperature=0.6))
