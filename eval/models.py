@@ -26,7 +26,7 @@ def backend_options(kind: str, config) -> dict:
     return {
         "hf": dict(dtype=config.dtype, trust_remote_code=config.trust_remote_code,
                    batch_size=config.batch_size, threads=config.threads),
-        "gguf": dict(n_ctx=config.n_ctx, threads=config.threads),
+        "gguf": dict(n_ctx=config.n_ctx, threads=config.threads, batch_size=config.batch_size),
         "onnx": dict(threads=config.threads, batch_size=config.batch_size,
                      trust_remote_code=config.trust_remote_code),
         "openai": dict(model=config.served_model, api_key_env=config.api_key_env,
