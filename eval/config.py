@@ -38,7 +38,7 @@ class EvalConfig:
     baseline: Optional[str] = option(None, "Gate: an earlier report.json to compare against per label", input=True)
     max_drop: Optional[float] = option(None, "Gate: largest allowed pass@1 drop against --baseline")
     max_kld: Optional[float] = option(None, "Gate: largest allowed mean KL divergence against --reference")
-    batch_size: int = option(16, "Sequences generated together (hf, onnx)")
+    batch_size: int = option(16, "Sequences generated together (hf, gguf, onnx)")
     concurrency: int = option(8, "Requests in flight (openai)")
     max_retries: int = option(6, "Retries per request on 429, 5xx and timeouts (openai)")
     request_timeout: float = option(600.0, "Seconds before a request times out (openai)")
