@@ -82,6 +82,13 @@ class BatchDecoder:
         stops = [s.encode("utf-8") for s in sampling.stop if s]
         pending, free = deque(jobs), list(range(self.slots - 1, -1, -1))
         active: dict[int, Job] = {}
+        try:
+            self._run(pending, free, active, sampling, stops, on_done)
+        finally:
+            for job in active.values():
+                self._release(job)
+
+    def _run(self, pending, free, active, sampling, stops, on_done) -> None:
         while pending or active:
             while pending and free:
                 job = pending.popleft()

@@ -17,6 +17,7 @@ from distill.core.chat import render_prompt
 from distill.core.errors import UserError, one_line
 
 from . import Completion, Sampling
+from .logits import eos_ids
 
 
 def read_genai_config(folder: Path) -> dict:
@@ -65,12 +66,13 @@ class OnnxBackend:
         self.threads = threads or _physical_cores()
         self.batch_size = batch_size
         self.context_length = int(genai.get("context_length") or 2048)
-        eos = genai.get("eos_token_id")
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.tokenizer = open_tokenizer(folder, trust_remote_code)
+        self.eos_ids = set(eos_ids(genai))
+        if not self.eos_ids:
+            raise UserError(f"{folder}: genai_config.json names no eos_token_id")
         pad = genai.get("pad_token_id")
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
         self.vocab_size = int(genai.get("vocab_size") or 0)
-        self.tokenizer = open_tokenizer(folder, trust_remote_code)
         self.model = open_model(folder, self.threads)
 
     def render(self, user_text: str) -> str:
