@@ -12,6 +12,7 @@ samples, and the samples of several prompts share every weight read of a step.
 from __future__ import annotations
 
 import ctypes
+import heapq
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ class BatchDecoder:
     def run(self, jobs: list[Job], sampling: Sampling, on_done) -> None:
         """Decode every job; `on_done(job, completion)` as each one finishes."""
         stops = [s.encode("utf-8") for s in sampling.stop if s]
-        pending, free = deque(jobs), list(range(self.slots - 1, -1, -1))
+        pending, free = deque(jobs), list(range(self.slots))  # a heap: the lowest free slot first
         active: dict[int, Job] = {}
         try:
             self._run(pending, free, active, sampling, stops, on_done)
@@ -92,15 +93,17 @@ class BatchDecoder:
         while pending or active:
             while pending and free:
                 job = pending.popleft()
-                self._admit(job, free.pop(), active, sampling)
+                self._admit(job, heapq.heappop(free), active, sampling)
                 active[job.slot] = job
-            order = list(active.values())
+            # llama.cpp puts only consecutive sequence ids in one micro-batch when each sequence
+            # has its own stream: in slot order, the busy slots (the lowest ones) decode in one pass
+            order = sorted(active.values(), key=lambda job: job.slot)
             self._decode([(job.next_token, job.pos, job.slot, True) for job in order])
             for k, job in enumerate(order):
                 if self._advance(job, self._sample(job, k), stops):
                     self._release(job)
                     del active[job.slot]
-                    free.append(job.slot)
+                    heapq.heappush(free, job.slot)
                     on_done(job, self._completion(job, sampling))
 
     def _admit(self, job: Job, slot: int, active: dict[int, Job], sampling: Sampling) -> None:
