@@ -94,8 +94,9 @@ def run(config: TrainConfig) -> dict:
             raise UserError(f"training settings: {' '.join(str(e).split())}") from None
         model = models.load_causal_lm(config.student, "student", dtype, config.trust_remote_code, attention)
         if config.packing:
-            for m in filter(None, (model, teacher)):
-                use_packed_attention(m, config.attn_implementation)
+            use_packed_attention(model, config.attn_implementation)
+            if teacher is not None:
+                use_packed_attention(teacher, config.attn_implementation)
         if config.lora:
             model = models.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout,
                                     config.lora_target_modules)
