@@ -106,9 +106,10 @@ def full_loss_sums(model, batch, teacher=None, kd=(0.5, 1.0, "forward_kl")):
     return total, ce, kd_sum, int(wanted.numel())
 
 
-def train(student: Path, traces: Path, out: Path, threads: int, full_loss: bool) -> dict:
+def train(student: Path, traces: Path, out: Path, threads: int, full_loss: bool, max_seq_len: int) -> dict:
+    # max_seq_len just above the traces, so that the estimate (made for max_seq_len) is comparable
     args = ["train", "--student", str(student), "--traces", str(traces), "--out", str(out), "--batch-size", "1",
-            "--max-steps", "2", "--eval-fraction", "0", "--max-seq-len", "16384", "--logging-steps", "1",
+            "--max-steps", "2", "--eval-fraction", "0", "--max-seq-len", str(max_seq_len), "--logging-steps", "1",
             "--save-steps", "1000", "--threads", str(threads), "--quiet"]
     if full_loss:
         code = ("import sys; sys.argv = ['distill'] + sys.argv[1:]; import bench.bench_train_memory as b; "
@@ -147,11 +148,11 @@ def main() -> None:
             n = write_traces(traces, student, size)
             tokens[size] = n
             if size in args.baseline_sizes:
-                old[n] = train(student, traces, tmp / f"old-{size}", args.threads, full_loss=True)
+                old[n] = train(student, traces, tmp / f"old-{size}", args.threads, full_loss=True, max_seq_len=n + 200)
                 print(f"full loss    {n:6d} trained tokens: peak {old[n]['peak_mb'] / 1024:5.2f} GB, "
                       f"step {old[n]['step_s']:6.1f} s ({old[n]['step_cpu_s']:6.1f} CPU s)", flush=True)
             if size in args.sizes:
-                new[n] = train(student, traces, tmp / f"new-{size}", args.threads, full_loss=False)
+                new[n] = train(student, traces, tmp / f"new-{size}", args.threads, full_loss=False, max_seq_len=n + 200)
                 print(f"chunked loss {n:6d} trained tokens: peak {new[n]['peak_mb'] / 1024:5.2f} GB "
                       f"(estimated {new[n]['estimated_mb'] / 1024:5.2f} GB), step {new[n]['step_s']:6.1f} s "
                       f"({new[n]['step_cpu_s']:6.1f} CPU s)", flush=True)

@@ -19,7 +19,6 @@ gathered while the head runs (see head.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -108,7 +107,12 @@ class LossSpec:
 
 class HeadLoss(torch.autograd.Function):
     """(total, CE, KD) of the trained positions from their hidden states [N, H] and the head;
-    only `total` is differentiable."""
+    only `total` is differentiable.
+
+    Per chunk: the logits are computed without autograd, autograd gives the gradient of the
+    chunk's loss with respect to them (through the head's transform), and two matmuls turn that
+    into the chunk's hidden-state gradient and an in-place addition to the head's gradient: the
+    same three matmuls the full computation does, with one chunk of logits alive at a time."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, head: Head, spec: LossSpec, grad_enabled: bool):
@@ -116,34 +120,39 @@ class HeadLoss(torch.autograd.Function):
         wanted = [t is not None and t.requires_grad and grad_enabled for t in (hidden, weight, bias)]
         n = hidden.shape[0]
         rows = max(1, (spec.chunk_logits or CHUNK_LOGITS) // weight.shape[0])
-        grads = [torch.zeros_like(hidden) if wanted[0] else None,
-                 torch.zeros_like(weight, dtype=torch.float32) if wanted[1] else None,
-                 torch.zeros_like(bias, dtype=torch.float32) if wanted[2] else None]
+        grad_h = torch.zeros_like(hidden) if wanted[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if wanted[1] else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if wanted[2] else None
         sums = [hidden.new_zeros((), dtype=torch.float32) for _ in range(3)]
-        has_kd = spec.teacher_head is not None
         for start in range(0, n, rows):
             part = slice(start, min(n, start + rows))
-            leaves = [None if t is None else t[part] if i == 0 else t for i, t in enumerate((hidden, weight, bias))]
-            leaves = [None if t is None else t.detach().requires_grad_(w) for t, w in zip(leaves, wanted)]
-            with torch.enable_grad() if any(wanted) else contextlib.nullcontext():
-                total, ce, kd = spec.terms(head.logits(leaves[0], leaves[1], leaves[2]), part)
-                if any(wanted):
-                    found = torch.autograd.grad(total, [t for t, w in zip(leaves, wanted) if w])
+            h = hidden[part].to(weight.dtype)
+            raw = F.linear(h, weight, bias)
             if any(wanted):
-                found = iter(found)
-                for i, w in enumerate(wanted):
-                    if w:
-                        g = next(found)
-                        if i == 0:
-                            grads[0][part] = g
-                        else:
-                            grads[i] += g
+                raw.requires_grad_(True)
+                with torch.enable_grad():
+                    total, ce, kd = spec.terms(head.transform(raw), part)
+                    (grad_raw,) = torch.autograd.grad(total, raw)
+                grad_raw = grad_raw.to(weight.dtype)
+                if grad_h is not None:
+                    grad_h[part] = (grad_raw @ weight).to(grad_h.dtype)
+                if grad_w is not None:
+                    if grad_w.dtype == grad_raw.dtype:
+                        grad_w.addmm_(grad_raw.t(), h)
+                    else:
+                        grad_w += (grad_raw.t() @ h).float()
+                if grad_b is not None:
+                    grad_b += grad_raw.float().sum(0)
+                del grad_raw
+            else:
+                total, ce, kd = spec.terms(head.transform(raw), part)
+            del raw
             for i, value in enumerate((total, ce, kd)):
                 if value is not None:
                     sums[i] += value.detach()
-        ctx.grads = [None if g is None else g.to(t.dtype) for g, t in zip(grads, (hidden, weight, bias))]
+        ctx.grads = [None if g is None else g.to(t.dtype) for g, t in zip((grad_h, grad_w, grad_b), (hidden, weight, bias))]
         total, ce, kd = sums
-        if not has_kd:
+        if spec.teacher_head is None:
             kd.fill_(float("nan"))
         ctx.mark_non_differentiable(ce, kd)
         return total, ce, kd
