@@ -54,7 +54,9 @@ def unwrap(model):
 
 def output_head(model) -> torch.nn.Linear:
     head = unwrap(model).get_output_embeddings()
-    if type(head) is not torch.nn.Linear:
+    # FSDP2 turns the class into a subclass (FSDPLinear) without changing its forward; PEFT's
+    # LoRA and modules_to_save wrappers are not Linear layers at all.
+    if not isinstance(head, torch.nn.Linear) or type(head).forward is not torch.nn.Linear.forward:
         raise UserError(f"{type(unwrap(model)).__name__}: the output head is a {type(head).__name__}, not a plain "
                         "linear layer (LoRA on lm_head?); the chunked loss needs a plain head: leave lm_head out "
                         "of --lora-target-modules")
