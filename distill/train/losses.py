@@ -11,11 +11,13 @@ distillation passes its policy-gradient advantages this way).
 `HeadLoss` computes these losses from the final hidden states and the output head's weight, a
 chunk of positions at a time, so that at most one chunk of logits exists, forward and backward:
 the full computation held N x V logits plus their fp32 copies and log-softmax (2 MB per trained
-token at a 152k vocabulary). Each chunk's gradient with respect to its hidden states and to the
-head is taken in the forward pass, by autograd on that chunk alone, and the backward pass only
-scales it: the same arithmetic as the full computation (no logits recomputed, so no slower), and
-the backward pass never needs the head's weight again, which under ZeRO-3 and FSDP is only
-gathered while the head runs (see head.py)."""
+token at a 152k vocabulary). Each chunk's gradient is taken in the forward pass (autograd on that
+chunk's loss gives the gradient of its logits, two matmuls turn it into the hidden states'
+gradient and an in-place addition to the head's) and the backward pass only scales it: the same
+three matmuls as the full computation, no logits recomputed (unlike a checkpointed chunk loop),
+and the backward pass never needs the head's weight again, which under ZeRO-3 and FSDP is only
+gathered while the head runs (see head.py). This is the design of Liger's fused linear cross
+entropy, kept in plain PyTorch so that it runs on a CPU and covers every KD divergence."""
 
 from __future__ import annotations
 
