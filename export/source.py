@@ -135,13 +135,17 @@ def merge_adapter(adapter_dir: Path, work: Path, trust_remote_code: bool) -> Pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = _merge_dtype(base_ref)
     try:
-        model = AutoModelForCausalLM.from_pretrained(base_ref, dtype=torch.float32,
+        model = AutoModelForCausalLM.from_pretrained(base_ref, dtype=getattr(torch, dtype),
                                                      trust_remote_code=trust_remote_code)
     except OSError as e:
         raise UserError(f"{adapter_dir / 'adapter_config.json'}: base model '{base}' cannot be "
                         f"loaded offline ({str(e).splitlines()[0]})") from None
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    from distill.core.progress import info
+    info(f"merged the LoRA adapter into {base} in {dtype}"
+         + (" (the base model's dtype; the export is validated against it as usual)" if dtype != "float32" else ""))
     out = work / "merged"
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer_src = adapter_dir if (adapter_dir / "tokenizer.json").is_file() or \
@@ -153,6 +157,15 @@ def merge_adapter(adapter_dir: Path, work: Path, trust_remote_code: bool) -> Pat
                 shutil.copy2(src, out / name)
     del merged, model
     return out
+
+
+def _merge_dtype(base_ref: str) -> str:
+    """The base model's own dtype: merging there holds one model of that size instead of an fp32
+    copy (PEFT computes each adapter delta in fp32 on a CPU and rounds once when adding it, as
+    writing an fp32 merge back to 16 bits would); float32 when the base does not say."""
+    config = Path(base_ref) / "config.json"
+    stored = (read_json(config).get("dtype") or read_json(config).get("torch_dtype")) if config.is_file() else None
+    return stored if stored in ("float16", "bfloat16", "float32") else "float32"
 
 
 def resolve_model(model: str, work: Path, trust_remote_code: bool) -> tuple[Path, dict, bool]:

@@ -6,6 +6,7 @@ template, generation config, plus train_summary.json, loss.png, README.md and tr
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -33,7 +34,7 @@ def run(config: TrainConfig) -> dict:
     from .batching import PackedBatches, PaddedBatches, TraceDataset, split_heldout
     from .chat_format import encode_traces, end_of_turn
     from .checkpoints import MarkCompleteCheckpoints, announce_resume, clear_unusable, resume_point
-    from .report import plot_losses, training_summary, write_model_card
+    from .report import largest_over_processes, peak_memory_mb, plot_losses, training_summary, write_model_card
     from .traces import load_traces
     from .trainer import DistillTrainer, RichProgress, StepClock, training_arguments
 
@@ -45,8 +46,9 @@ def run(config: TrainConfig) -> dict:
     tokenizer = models.load_tokenizer(config.student, "student", config.trust_remote_code)
     eot = end_of_turn(tokenizer, f"student: {config.student}")
     student_config = models.load_model_config(config.student, "student", config.trust_remote_code)
+    teacher_config = None
     if config.method == "kd":
-        models.load_model_config(config.teacher, "teacher", config.trust_remote_code)
+        teacher_config = models.load_model_config(config.teacher, "teacher", config.trust_remote_code)
         teacher_tokenizer = models.load_tokenizer(config.teacher, "teacher", config.trust_remote_code)
         models.require_same_tokenizer(tokenizer, teacher_tokenizer, config.teacher)
     samples, too_long = encode_traces(tokenizer, traces.rows, eot, config.max_seq_len, f"student: {config.student}")
@@ -62,6 +64,8 @@ def run(config: TrainConfig) -> dict:
     checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else use_gpu
     dtype = torch.bfloat16 if bf16 else torch.float32
     attention = config.attn_implementation or _default_attention(use_gpu)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    needed = _say_what_fits(config, student_config, teacher_config, bf16, checkpointing, use_gpu, world, main)
 
     record = StageRecord("train", config, out) if main else contextlib.nullcontext(None)
     with _quiet_libraries(), record as rec:
@@ -81,7 +85,6 @@ def run(config: TrainConfig) -> dict:
         teacher = None
         if config.method == "kd":
             teacher = models.load_causal_lm(config.teacher, "teacher", dtype, config.trust_remote_code, attention)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
         steps = _planned_steps(config, len(train_rows), world)
         eval_steps = (config.eval_steps or max(1, steps // 5)) if heldout_rows else None
         try:
@@ -91,8 +94,9 @@ def run(config: TrainConfig) -> dict:
             raise UserError(f"training settings: {' '.join(str(e).split())}") from None
         model = models.load_causal_lm(config.student, "student", dtype, config.trust_remote_code, attention)
         if config.packing:
-            for m in filter(None, (model, teacher)):
-                use_packed_attention(m, config.attn_implementation)
+            use_packed_attention(model, config.attn_implementation)
+            if teacher is not None:
+                use_packed_attention(teacher, config.attn_implementation)
         if config.lora:
             model = models.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout,
                                     config.lora_target_modules)
@@ -111,11 +115,21 @@ def run(config: TrainConfig) -> dict:
 
         staging = out / FINAL_STAGING
         trainer.save_model(str(staging / "adapter" if config.lora else staging))
+        peak = largest_over_processes(peak_memory_mb(use_gpu), use_gpu)
         if not main:
             return {}
+        summary = training_summary(config, trainer, clock, eot.text, _device_name(use_gpu, world), world,
+                                   dtype, _step_of(resume_from), traces.describe(),
+                                   {"train": len(train_rows), "heldout": len(heldout_rows), "too_long": too_long})
+        # The merge loads the base model afresh; the trained model and the teacher go first, so
+        # that two copies never coexist.
+        del trainer, model, teacher
+        gc.collect()
         if config.lora:
             merged = models.merge_lora(config.student, staging / "adapter", dtype, config.trust_remote_code)
             merged.save_pretrained(staging)
+            del merged
+            gc.collect()
             if config.keep_adapter:
                 (staging / "adapter" / "training_args.bin").unlink(missing_ok=True)
             else:
@@ -123,10 +137,10 @@ def run(config: TrainConfig) -> dict:
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the record holds the settings
         models.finish_model_folder(staging, tokenizer, eot)
         model_files = _move_into(staging, out)
-
-        summary = training_summary(config, trainer, clock, eot.text, _device_name(use_gpu, world), world,
-                                   dtype, _step_of(resume_from), traces.describe(),
-                                   {"train": len(train_rows), "heldout": len(heldout_rows), "too_long": too_long})
+        summary["peak_memory"] = {
+            "mb": round(max(peak, peak_memory_mb(use_gpu)), 1), "processes": world,
+            "measure": "torch.cuda.max_memory_allocated" if use_gpu else "process peak RSS",
+            "estimated_mb": round(needed["total"] / 2 ** 20, 1)}
         write_json(out / "train_summary.json", summary)
         plot_losses(summary["loss_history"], out / "loss.png",
                     f"{Path(config.student).name} on {summary['traces']['kept_traces']} traces")
@@ -139,6 +153,26 @@ def run(config: TrainConfig) -> dict:
         rec.result = {k: summary[k] for k in ("steps", "tokens_seen", "tokens_per_second", "padding_fraction")}
         rec.result.update(summary["final"])
     return {"out": str(out), **rec.result}
+
+
+def _say_what_fits(config, student_config, teacher_config, bf16: bool, checkpointing: bool, use_gpu: bool,
+                   world: int, main: bool) -> dict:
+    """Print the estimated memory per process; on a GPU, refuse a run that cannot fit."""
+    import torch
+
+    from .estimate import GB, describe, for_run, what_to_change
+    sharded = any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+    needed = for_run(config, student_config, teacher_config, bf16, checkpointing, world if sharded else 1)
+    if main:
+        info(f"memory estimate: {describe(needed)}")
+    if use_gpu:
+        device = torch.cuda.current_device()
+        have = torch.cuda.get_device_properties(device).total_memory
+        if needed["total"] * 1.1 > have:
+            raise UserError(f"memory: this run needs about {needed['total'] / GB:.1f} GB per GPU "
+                            f"(+10% slack) but {torch.cuda.get_device_name(device)} has {have / GB:.1f} GB; "
+                            f"change: {what_to_change(config, checkpointing)}")
+    return needed
 
 
 def _require_scheduler(name: str) -> None:

@@ -13,6 +13,26 @@ CARD_SETTINGS = ("method", "epochs", "max_steps", "lr", "lr_scheduler", "warmup_
                  "eval_fraction", "prompt_template")
 
 
+def peak_memory_mb(use_gpu: bool) -> float:
+    """This process's peak: allocated GPU memory on a GPU, else its peak resident set (RSS)."""
+    if use_gpu:
+        import torch
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def largest_over_processes(value: float, use_gpu: bool) -> float:
+    """The largest `value` of all processes of the run (every process must call it)."""
+    import torch
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if use_gpu else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def loss_history(log_history: list[dict]) -> dict:
     train = [[row["step"], row["loss"]] for row in log_history if "loss" in row and "step" in row]
     if not train:  # fewer steps than logging_steps: the Trainer's run average stands in
@@ -75,6 +95,14 @@ def _number(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _memory_line(peak: dict | None) -> str:
+    if not peak:
+        return ""
+    largest = ", the largest of its processes" if peak["processes"] > 1 else ""
+    return (f"\nPeak memory: {peak['mb'] / 1024:.2f} GB ({peak['measure']}{largest}; estimated beforehand "
+            f"{peak['estimated_mb'] / 1024:.2f} GB).")
+
+
 def write_model_card(path: Path, cfg, summary: dict, traces_info: dict) -> Path:
     settings = config_dict(cfg)  # secret fields are already left out
     teacher = traces_info.get("teacher") or "unknown (the traces do not name it)"
@@ -127,7 +155,7 @@ Trained {summary.get('steps')} optimizer steps ({_number(summary.get('epochs'))}
 `max_seq_len` dropped); {summary.get('tokens_seen')} tokens seen, {_number(summary.get('tokens_per_second'))} tokens/s on
 {summary.get('device')}; padding {100 * summary.get('padding_fraction', 0):.1f}% of the positions computed.
 Final loss per trained token: train {_number(final.get('train_loss'))}, held-out {_number(final.get('heldout_loss'))}
-(`loss.png`, `train_summary.json`).
+(`loss.png`, `train_summary.json`).{_memory_line(summary.get('peak_memory'))}
 
 ## Use
 

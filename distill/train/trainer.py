@@ -2,8 +2,9 @@
 data-parallel, FSDP or DeepSpeed ZeRO without code changes.
 
 The loss is computed here rather than by the model: logits are only projected for trained
-positions (prompt and padding positions never reach the vocabulary matrix), the targets come
-per sample from the collator (packing-safe), and logit distillation adds the teacher's term."""
+positions (prompt and padding positions never reach the vocabulary matrix), a chunk of positions
+at a time (head.py, losses.py), the targets come per sample from the collator (packing-safe),
+and logit distillation adds the teacher's term."""
 
 from __future__ import annotations
 
@@ -17,25 +18,28 @@ from distill.core import progress
 
 from .batching import count_tokens
 from .chat_format import IGNORE
-from .losses import cross_entropy_sum, distillation_sum
+from .head import loss_from_model, teacher_side
+from .losses import LossSpec
 
 
 def loss_sums(model, batch: dict, teacher=None, kd: tuple = (0.5, 1.0, "forward_kl")):
     """(loss, CE, KD divergence, trained tokens) of one batch, each summed over its trained
-    tokens; without a teacher the loss is the CE and the other two are None."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}
+    tokens; without a teacher the loss is the CE and the other two are None. An optional
+    `batch["token_weights"]` (one float per trained position, in the order of
+    shift_labels[trained]) multiplies each position's CE term.
+
+    The logits are never held whole: the final hidden states of the trained positions go to
+    head.py, which projects them onto the vocabulary a chunk at a time (memory independent of
+    tokens x vocabulary); the teacher's logits are made chunk by chunk from its hidden states."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels", "token_weights")}
     trained = batch["shift_labels"].ne(IGNORE)
-    wanted = batch["shift_labels"][trained]
-    logits = model(**inputs, use_cache=False, logits_to_keep=trained).logits
-    logits = logits.reshape(-1, logits.shape[-1])
+    spec = LossSpec(batch["shift_labels"][trained], batch.get("token_weights"), kd=kd)
+    if teacher is not None:
+        spec.teacher_hidden, spec.teacher_head = teacher_side(teacher, inputs, trained)
+    total, ce, divergence = loss_from_model(model, inputs, trained, spec)
     if teacher is None:
-        return cross_entropy_sum(logits, wanted), None, None, int(wanted.numel())
-    with torch.no_grad():
-        teacher_logits = teacher(**inputs, use_cache=False, logits_to_keep=trained).logits
-    alpha, temperature, kind = kd
-    total, ce, divergence = distillation_sum(logits, teacher_logits.reshape(-1, teacher_logits.shape[-1]),
-                                             wanted, alpha, temperature, kind)
-    return total, ce, divergence, int(wanted.numel())
+        return total, None, None, int(spec.targets.numel())
+    return total, ce, divergence, int(spec.targets.numel())
 
 
 class DistillTrainer(Trainer):

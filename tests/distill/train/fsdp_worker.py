@@ -1,0 +1,47 @@
+"""One process of test_sharded_loss: the chunked loss on an FSDP2-sharded model (gloo, CPU)
+against the full computation on an unsharded copy. Run by torch.distributed.run."""
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from distill.train.trainer import loss_sums
+from tests.distill.train.test_chunked_loss import _packed_batch, full_loss_sums
+
+
+def main(folder: str, tied: bool, head_alone: bool, out: str) -> None:
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    config = AutoConfig.from_pretrained(folder)
+    config.tie_word_embeddings = tied
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(AutoModelForCausalLM.from_config(config))
+    model, reference = models
+    for layer in model.model.layers:
+        fully_shard(layer)
+    if head_alone:  # the head as its own FSDP unit: its weight is sharded outside its own forward
+        fully_shard(model.lm_head)
+    fully_shard(model)
+    # each process its own batch, as in data-parallel training; FSDP averages the gradients
+    batches = [_packed_batch(config.vocab_size, seed=s) for s in range(dist.get_world_size())]
+    total, _, _, n = loss_sums(model, batches[dist.get_rank()])
+    (total / n).backward()
+    for batch in batches:
+        want, _, _, m = full_loss_sums(reference, batch)
+        (want / m / len(batches)).backward()
+    worst = max((p.grad.full_tensor() - q.grad).abs().max().item()
+                for p, q in zip(model.parameters(), reference.parameters()))
+    if dist.get_rank() == 0:
+        with open(out, "w") as f:
+            json.dump({"worst_gradient_difference": worst, "sharded": type(model.lm_head.weight).__name__}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] == "tied", sys.argv[3] == "head-alone", sys.argv[4])
