@@ -25,10 +25,12 @@ the sample's last token (the batch is shared, so these are per-batch figures).
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
+from typing import Iterator
 
-from distill.core.chat import render_prompt
+from distill.core.chat import render_messages, render_prompt
 from distill.core.errors import UserError
 
 from . import Collector, Completion, Sampling
@@ -195,3 +197,92 @@ class _StepWatch:
                     self.stopped_at[row] = generated
                     done[row] = True
         return done
+
+
+# `distill chat`: a whole conversation rendered, and one sample streamed as it is decoded.
+
+def _render_messages(self, messages: list[dict], think_prefill: bool = True) -> str:
+    return render_messages(self.tokenizer, messages, think_prefill, where=f"hf:{self.target}")
+
+
+def _stream(self, prompt: str, sampling: Sampling) -> Iterator[str]:
+    """Yield the text of one sample as transformers generates it (in a thread, through a
+    TextIteratorStreamer), and return its Completion (stop strings are not applied). Closing the
+    iterator early stops the generation."""
+    import threading
+
+    import torch
+    from transformers import StoppingCriteriaList
+
+    ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    streamer = _chat_streamer_class()(self.tokenizer, self.eos_ids)
+    cancel = threading.Event()
+    failed: list[BaseException] = []
+
+    def cancelled(input_ids, scores, **_):
+        return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    def work():
+        try:
+            with torch.inference_mode():
+                self.model.generate(input_ids=ids.to(self.device), attention_mask=torch.ones_like(ids).to(self.device),
+                                    streamer=streamer, stopping_criteria=StoppingCriteriaList([cancelled]),
+                                    **self._sampling_kwargs(sampling))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            failed.append(e)
+            streamer.end()
+
+    torch.manual_seed(sampling.seed)
+    started = time.perf_counter()
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    pieces: list[str] = []
+    first = None
+    try:
+        for piece in streamer:
+            first = first or time.perf_counter()
+            pieces.append(piece)
+            yield piece
+    finally:
+        cancel.set()
+        thread.join()
+    if failed:
+        raise failed[0]
+    last = time.perf_counter()
+    first = first or last
+    finish = "stop" if streamer.ended_at_eos else "length"
+    return Completion("".join(pieces), finish, ids.shape[1], streamer.count, ttft_s=first - started,
+                      decode_s=last - first)
+
+
+@functools.cache
+def _chat_streamer_class():
+    from transformers import TextIteratorStreamer
+
+    class ChatStreamer(TextIteratorStreamer):
+        """Streams the generated tokens up to (not including) the end-of-turn token."""
+
+        def __init__(self, tokenizer, eos_ids: list[int]):
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=False)
+            self.eos_ids, self.count, self.ended_at_eos = set(eos_ids), 0, False
+
+        def put(self, value):
+            if self.next_tokens_are_prompt:  # the prompt, which skip_prompt drops
+                return super().put(value)
+            if self.ended_at_eos:
+                return None
+            kept = []
+            for token in value.reshape(-1).tolist():
+                if token in self.eos_ids:
+                    self.ended_at_eos = True
+                    break
+                kept.append(token)
+            self.count += len(kept)
+            if kept:
+                super().put(value.new_tensor(kept))
+
+    return ChatStreamer
+
+
+HFBackend.render_messages = _render_messages
+HFBackend.stream = _stream
