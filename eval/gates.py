@@ -22,6 +22,8 @@ from distill.core.io import read_json, read_jsonl
 from .paired import ALPHA, paired_drop
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+# settings that change what a response is, so a baseline measured otherwise is flagged
+PROTOCOL = ("samples", "temperature", "top_p", "max_new_tokens", "seed", "answer_tokens", "prompt_template")
 
 
 def drop_rule(max_drop: float) -> str:
@@ -48,9 +50,9 @@ def per_problem(samples: list[dict]) -> dict[tuple, dict[str, list[bool]]]:
     return out
 
 
-def load_baseline(path: str) -> tuple[dict[tuple, dict], dict[tuple, dict[str, list[bool]]]]:
-    """The rows of an earlier report.json keyed by (label, think_budget), and the per-problem
-    correctness of its samples (samples.jsonl beside it)."""
+def load_baseline(path: str) -> tuple[dict[tuple, dict], dict[tuple, dict[str, list[bool]]], dict]:
+    """The rows of an earlier report.json keyed by (label, think_budget), the per-problem
+    correctness of its samples (samples.jsonl beside it) and its settings."""
     report = read_json(Path(path))
     results = report.get("results") if isinstance(report, dict) else None
     if not isinstance(results, list) or not all(isinstance(r, dict) and "label" in r for r in results):
@@ -64,7 +66,8 @@ def load_baseline(path: str) -> tuple[dict[tuple, dict], dict[tuple, dict[str, l
         if not {"label", "problem_id", "correct"} <= s.keys():
             raise UserError(f"baseline: {samples_path}: line {number}: not a sample of `distill eval` "
                             "(needs label, problem_id and correct)")
-    return {_key(r): r for r in results}, per_problem(samples)
+    settings = report.get("settings") if isinstance(report.get("settings"), dict) else {}
+    return {_key(r): r for r in results}, per_problem(samples), settings
 
 
 def check_gates(rows: list[dict], cfg, samples: list[dict] | None = None) -> dict:
@@ -86,10 +89,10 @@ def check_gates(rows: list[dict], cfg, samples: list[dict] | None = None) -> dic
                 verdict(row, "min_accuracy", FAILED, f"{figure} is below --min-accuracy {cfg.min_accuracy}")
             else:
                 verdict(row, "min_accuracy", PASSED, f"{figure} is at least --min-accuracy {cfg.min_accuracy}")
-    drops = None
+    drops, notes = None, []
     if cfg.baseline is not None:
         checked.append(f"max_drop {cfg.max_drop} against {cfg.baseline}")
-        drops = _drop_gate(rows, cfg, per_problem(samples or []), verdict)
+        drops, notes = _drop_gate(rows, cfg, per_problem(samples or []), verdict)
     if cfg.max_kld is not None:
         checked.append(f"max_kld {cfg.max_kld}")
         for row in rows:
@@ -104,14 +107,18 @@ def check_gates(rows: list[dict], cfg, samples: list[dict] | None = None) -> dic
                         f"--max-kld {cfg.max_kld}")
     gates = {"checked": checked, "verdicts": verdicts,
              "failed": [v["message"] for v in verdicts if v["status"] == FAILED],
-             "warnings": [v["warning"] for v in verdicts if v["warning"]]}
+             "warnings": notes + [v["warning"] for v in verdicts if v["warning"]]}
     if drops is not None:
         gates.update(rule=drop_rule(cfg.max_drop), drop=drops)
     return gates
 
 
-def _drop_gate(rows: list[dict], cfg, current: dict, verdict) -> list[dict]:
-    baseline_rows, baseline = load_baseline(cfg.baseline)
+def _drop_gate(rows: list[dict], cfg, current: dict, verdict) -> tuple[list[dict], list[str]]:
+    baseline_rows, baseline, settings = load_baseline(cfg.baseline)
+    differ = [f"{k} {settings[k]!r} there, {getattr(cfg, k)!r} here" for k in PROTOCOL
+              if k in settings and hasattr(cfg, k) and settings[k] != getattr(cfg, k)]
+    notes = [f"baseline: {cfg.baseline} was measured with other settings ({'; '.join(differ)}): the drop "
+             "compares two protocols, not only two models"] if differ else []
     drops, matched = [], 0
     for row in rows:
         old = baseline_rows.get(_key(row))
@@ -149,7 +156,7 @@ def _drop_gate(rows: list[dict], cfg, current: dict, verdict) -> list[dict]:
     if not matched:
         raise UserError(f"baseline: {cfg.baseline}: no row has a label of this run "
                         f"({', '.join(sorted({r['label'] for r in rows}))})")
-    return drops
+    return drops, notes
 
 
 def _fmt(value: float | None) -> str:

@@ -208,3 +208,14 @@ def test_markdown_and_the_github_step_summary_state_the_drop_and_the_rule(tmp_pa
     assert written.startswith("earlier step\n## distill eval: gsm8k")
     assert "| label | backend | pass@1 |" in written and "**failed**" in written and "- failed: row 'q4'" in written
     assert "![x.png]" not in written  # the summary page cannot show the run's files
+
+
+def test_a_baseline_measured_with_other_settings_is_flagged(tmp_path):
+    report = _baseline(tmp_path / "old", "q4", [True, False])
+    data = json.loads(report.read_text())
+    report.write_text(json.dumps({**data, "settings": {"max_new_tokens": 256, "temperature": 0.0}}))
+    gates = check_gates([_row("q4", [True, False])], _cfg(baseline=str(report), max_drop=0.1, max_new_tokens=128,
+                                                          temperature=0.0), _samples("q4", [True, False]))
+    assert gates["failed"] == [] and gates["warnings"] == [
+        f"baseline: {report} was measured with other settings (max_new_tokens 256 there, 128 here): the drop "
+        "compares two protocols, not only two models"]
