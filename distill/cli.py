@@ -14,6 +14,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
+from distill.chat import ChatConfig
+from distill.chat import run as run_chat
 from distill.core.config import field_types, load_config
 from distill.core.errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USER, GateFailed, UserError, one_line
 from distill.core.progress import set_quiet
@@ -21,7 +23,8 @@ from distill.core.stages import config_class, run_function
 
 app = typer.Typer(
     help="Distil a large reasoning model into small models that run on laptops and Raspberry Pis.\n\n"
-         "Stages: generate -> train -> export -> eval; `run` runs a pipeline file, `demo` the bundled one.",
+         "Stages: generate -> train -> export -> eval; `run` runs a pipeline file, `demo` the bundled one, "
+         "`chat` talks to a model.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -75,7 +78,12 @@ def _flag_type(tp: Any) -> Any:
 
 
 def _stage_command(stage: str) -> Callable:
-    cls = config_class(stage)
+    return _config_command(config_class(stage), stage, lambda cfg: run_function(stage)(cfg))
+
+
+def _config_command(cls: type, name: str, run: Callable[[Any], Any], arguments: tuple[str, ...] = ()) -> Callable:
+    """A command whose flags are the fields of the config dataclass `cls` (the fields named in
+    `arguments` are positional) and which calls `run(config)`."""
     types_ = field_types(cls)
 
     def command(**kwargs):
@@ -85,10 +93,7 @@ def _stage_command(stage: str) -> Callable:
             if isinstance(kwargs.get(f.name), list):
                 kwargs[f.name] = [p.strip() for item in kwargs[f.name] for p in item.split(",") if p.strip()] or None
 
-        def go():
-            cfg = load_config(cls, config_file, kwargs)
-            return run_function(stage)(cfg)
-        _report_errors(go, debug)
+        _report_errors(lambda: run(load_config(cls, config_file, kwargs)), debug)
 
     params = [
         inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
@@ -98,22 +103,35 @@ def _stage_command(stage: str) -> Callable:
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                           default=typer.Option(False, "--quiet", "-q", help="No progress bars")),
     ]
+    positional = []
     for f in dataclasses.fields(cls):
         tp = _flag_type(types_[f.name])
         flag = "--" + f.name.replace("_", "-")
         decls = [f"{flag}/--no-{f.name.replace('_', '-')}"] if tp == Optional[bool] else [flag]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_ = f"{f.metadata.get('help', '')} [default: {default!r}]"
+        if f.name in arguments:
+            positional.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                                                default=typer.Argument(..., metavar=f.name.upper(), help=f.metadata.get("help", ""))))
+            continue
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=tp,
                                         default=typer.Option(None, *decls, help=help_, show_default=False)))
-    command.__signature__ = inspect.Signature(params)
-    command.__name__ = stage
+    command.__signature__ = inspect.Signature(positional + params)
+    command.__name__ = name
     return command
 
 
 for _stage in ("generate", "train", "export", "eval"):
     app.command(_stage, help=f"{SUMMARIES[_stage]}\n\nExample:\n\n    {EXAMPLES[_stage]}",
                 short_help=SUMMARIES[_stage])(_stage_command(_stage))
+
+
+app.command("chat", short_help="Talk to a model (GGUF, ONNX, hf folder, openai: URL) in the terminal.",
+            help="Talk to a model in the terminal with its own chat template: the reply streams as it is "
+                 "decoded, the thinking dimmed and the answer plain, and the conversation is kept. "
+                 "--prompt TEXT answers once (the answer on stdout, the thinking on stderr), for scripts."
+                 "\n\nExample:\n\n    distill chat demo-run/export/demo-student-q4_k_m.gguf --think-budget 256")(
+    _config_command(ChatConfig, "chat", run_chat, arguments=("model",)))
 
 
 @app.command("run", short_help="Run the stages a pipeline YAML lists into one run directory.",

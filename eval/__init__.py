@@ -5,11 +5,14 @@ For each model: probe its single-stream speed and memory in a fresh process, loa
 generate the responses of every row (the model at each thinking budget) with the same prompts,
 sampling and answer extraction as every other backend, and measure its fidelity to --reference.
 Then write samples.jsonl, report.json, report.md and the plots, print the table and apply the
-gates. A run killed at any point resumes from samples.jsonl.partial and measurements.partial.json."""
+gates (with --junit a JUnit XML file, and a job summary when GITHUB_STEP_SUMMARY is set). A run
+killed at any point resumes from samples.jsonl.partial and measurements.partial.json."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from rich.markup import escape
 
 from distill.core import progress
 from distill.core.chat import load_prompt_template, user_message
@@ -24,7 +27,8 @@ from .measurements import MeasurementCache, measurement_key
 from .models import backend_options, load_model, quiet_libraries, resolve_models
 from .plots import BUDGET_PNG, TRADEOFF_PNG, plot_budget, plot_tradeoff
 from .probe import probe_in_subprocess
-from .report import SCHEMA_VERSION, comparison, print_table, result_row, write_reports
+from .report import (SCHEMA_VERSION, append_step_summary, comparison, print_table, result_row, write_junit,
+                     write_reports)
 from .samples import Row, SampleStore, generate_row, row_key
 from .scoring import summarize
 from .speed import MEMORY_METHOD, probe_speed, size_on_disk, threads_used
@@ -78,7 +82,7 @@ def run(config) -> dict:
         plots = [p for p in (plot_tradeoff(results, out / TRADEOFF_PNG), plot_budget(results, out / BUDGET_PNG)) if p]
         for stale in {out / TRADEOFF_PNG, out / BUDGET_PNG} - set(plots):
             stale.unlink(missing_ok=True)
-        checked, failures = check_gates(results, config)
+        gates = check_gates(results, config, list(store.rows.values()))
         report = {
             "schema_version": SCHEMA_VERSION,
             "benchmark": {"name": benchmark.name, "source": benchmark.source, "n_problems": len(benchmark.problems)},
@@ -89,16 +93,21 @@ def run(config) -> dict:
             "memory_method": MEMORY_METHOD,
             "results": results,
             "comparison": comparison(results),
-            "gates": {"checked": checked, "failed": failures},
+            "gates": gates,
             "plots": [p.name for p in plots],
         }
         written = write_reports(out, report)
+        if config.junit:
+            written.append(write_junit(Path(config.junit), report))
+        append_step_summary(report)
         measured.discard()
         print_table(report)
+        for warning in gates["warnings"]:  # shown even with --quiet, on one line: CI logs grep for it
+            progress.console.print(f"[yellow]warning: {escape(warning)}[/]", highlight=False, soft_wrap=True)
         rec.outputs = [samples_path, *written, *plots]
-        rec.result = {"results": results, "gates_failed": failures}
-        if failures:
-            raise GateFailed("; ".join(failures))
+        rec.result = {"results": results, "gates_failed": gates["failed"]}
+        if gates["failed"]:
+            raise GateFailed("; ".join(gates["failed"]))
     return {"report": str(out / "report.json"), "results": results}
 
 

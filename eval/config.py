@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from distill.core.config import option
@@ -38,6 +39,7 @@ class EvalConfig:
     baseline: Optional[str] = option(None, "Gate: an earlier report.json to compare against per label", input=True)
     max_drop: Optional[float] = option(None, "Gate: largest allowed pass@1 drop against --baseline")
     max_kld: Optional[float] = option(None, "Gate: largest allowed mean KL divergence against --reference")
+    junit: Optional[str] = option(None, "Write every (row, gate) verdict to FILE as JUnit XML, for CI test reporters")
     batch_size: int = option(16, "Sequences generated together (hf, gguf, onnx)")
     concurrency: int = option(8, "Requests in flight (openai)")
     max_retries: int = option(6, "Retries per request on 429, 5xx and timeouts (openai)")
@@ -75,6 +77,8 @@ class EvalConfig:
             raise UserError("max_drop: must be in [0, 1]")
         if self.max_kld is not None and self.max_kld < 0:
             raise UserError("max_kld: must be at least 0")
+        if self.junit is not None and (not self.junit.strip() or Path(self.junit).is_dir()):
+            raise UserError(f"junit: '{self.junit}' is a folder or empty; give the path of the XML file to write")
         if self.request_extra is not None:
             try:
                 extra = json.loads(self.request_extra)

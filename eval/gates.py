@@ -1,13 +1,36 @@
-"""CI gates: --min-accuracy, --baseline OLD_report.json with --max-drop, --max-kld. Each failure
-is one sentence naming the row and the figure; the stage raises GateFailed (exit 3) after the
-report has been written."""
+"""CI gates: --min-accuracy, --baseline OLD/report.json with --max-drop, --max-kld.
+
+Every (row, gate) gets a verdict (passed, failed or skipped, with a one-sentence message naming
+the row and the figure); the report, the JUnit file and the job summary are written from them,
+then the stage raises GateFailed (exit 3) when any failed.
+
+The drop gate pairs the two runs over the problems both scored (this run's samples and the
+samples.jsonl beside the baseline's report.json) and fails only when the drop exceeds --max-drop
+AND a paired test (eval/paired.py) finds it significant at the 5% level: a 30-problem run does
+not fail on noise, and a 1,319-problem run does not pass a real drop. A drop beyond --max-drop
+that is not significant passes with a warning that says how many problems would tell it from
+noise."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 from distill.core.errors import UserError
-from distill.core.io import read_json
+from distill.core.io import read_json, read_jsonl
+
+from .paired import ALPHA, paired_drop
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+# settings that change what a response is, so a baseline measured otherwise is flagged
+PROTOCOL = ("samples", "temperature", "top_p", "max_new_tokens", "seed", "answer_tokens", "prompt_template")
+
+
+def drop_rule(max_drop: float) -> str:
+    return (f"fail when the pass@1 drop over the problems both runs share exceeds --max-drop {max_drop} "
+            f"and a paired two-sided test finds it significant at the {ALPHA:.0%} level (exact McNemar "
+            "with one sample per problem, paired bootstrap over problems with several); a larger drop "
+            "that is not significant passes with a warning")
 
 
 def _name(row: dict) -> str:
@@ -15,51 +38,125 @@ def _name(row: dict) -> str:
     return f"row '{row['label']}'{budget}"
 
 
-def load_baseline(path: str) -> dict[tuple, dict]:
-    """The rows of an earlier report.json keyed by (label, think_budget)."""
+def _key(row: dict) -> tuple:
+    return row["label"], row.get("think_budget")
+
+
+def per_problem(samples: list[dict]) -> dict[tuple, dict[str, list[bool]]]:
+    """(label, think_budget) -> problem id -> the correctness of its samples."""
+    out: dict[tuple, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        out[_key(s)][str(s["problem_id"])].append(bool(s.get("correct")))
+    return out
+
+
+def load_baseline(path: str) -> tuple[dict[tuple, dict], dict[tuple, dict[str, list[bool]]], dict]:
+    """The rows of an earlier report.json keyed by (label, think_budget), the per-problem
+    correctness of its samples (samples.jsonl beside it) and its settings."""
     report = read_json(Path(path))
     results = report.get("results") if isinstance(report, dict) else None
     if not isinstance(results, list) or not all(isinstance(r, dict) and "label" in r for r in results):
         raise UserError(f"baseline: {path}: not a report.json of `distill eval` (no 'results' rows with labels)")
-    return {(r["label"], r.get("think_budget")): r for r in results}
+    samples_path = Path(path).parent / "samples.jsonl"
+    if not samples_path.is_file():
+        raise UserError(f"baseline: {samples_path}: no such file (the drop gate pairs the problems of "
+                        "both runs: keep the baseline's samples.jsonl beside its report.json)")
+    samples = read_jsonl(samples_path)
+    for number, s in enumerate(samples, start=1):
+        if not {"label", "problem_id", "correct"} <= s.keys():
+            raise UserError(f"baseline: {samples_path}: line {number}: not a sample of `distill eval` "
+                            "(needs label, problem_id and correct)")
+    settings = report.get("settings") if isinstance(report.get("settings"), dict) else {}
+    return {_key(r): r for r in results}, per_problem(samples), settings
 
 
-def check_gates(rows: list[dict], cfg) -> tuple[list[str], list[str]]:
-    """(gates checked, failures) for the rows of this run."""
-    checked, failures = [], []
+def check_gates(rows: list[dict], cfg, samples: list[dict] | None = None) -> dict:
+    """The gates section of the report: checked (the gates, as text), verdicts (one per row and
+    gate), failed and warnings (their one-line messages), and with --baseline the rule and the
+    paired drop of every row."""
+    checked: list[str] = []
+    verdicts: list[dict] = []
+
+    def verdict(row: dict, gate: str, status: str, message: str, warning: str | None = None) -> None:
+        verdicts.append({"label": row["label"], "think_budget": row.get("think_budget"), "gate": gate,
+                         "status": status, "message": message, "warning": warning})
+
     if cfg.min_accuracy is not None:
         checked.append(f"min_accuracy {cfg.min_accuracy}")
         for row in rows:
+            figure = f"{_name(row)}: pass_at_1 {_fmt(row['pass_at_1'])}"
             if row["pass_at_1"] is None or row["pass_at_1"] < cfg.min_accuracy:
-                failures.append(f"{_name(row)}: pass_at_1 {_fmt(row['pass_at_1'])} is below "
-                                f"--min-accuracy {cfg.min_accuracy}")
+                verdict(row, "min_accuracy", FAILED, f"{figure} is below --min-accuracy {cfg.min_accuracy}")
+            else:
+                verdict(row, "min_accuracy", PASSED, f"{figure} is at least --min-accuracy {cfg.min_accuracy}")
+    drops, notes = None, []
     if cfg.baseline is not None:
-        baseline = load_baseline(cfg.baseline)
         checked.append(f"max_drop {cfg.max_drop} against {cfg.baseline}")
-        matched = 0
-        for row in rows:
-            old = baseline.get((row["label"], row.get("think_budget")))
-            if old is None or old.get("pass_at_1") is None:
-                continue
-            if old.get("benchmark") not in (None, row["benchmark"]):
-                raise UserError(f"baseline: {cfg.baseline}: row '{row['label']}' was measured on "
-                                f"'{old.get('benchmark')}', this run on '{row['benchmark']}'")
-            matched += 1
-            drop = old["pass_at_1"] - (row["pass_at_1"] or 0.0)
-            if drop > cfg.max_drop + 1e-12:
-                failures.append(f"{_name(row)}: pass_at_1 dropped {drop:.4f} "
-                                f"({_fmt(old['pass_at_1'])} -> {_fmt(row['pass_at_1'])}), more than "
-                                f"--max-drop {cfg.max_drop}")
-        if not matched:
-            raise UserError(f"baseline: {cfg.baseline}: no row has a label of this run "
-                            f"({', '.join(sorted({r['label'] for r in rows}))})")
+        drops, notes = _drop_gate(rows, cfg, per_problem(samples or []), verdict)
     if cfg.max_kld is not None:
         checked.append(f"max_kld {cfg.max_kld}")
         for row in rows:
-            if row.get("mean_kld") is not None and row["mean_kld"] > cfg.max_kld:
-                failures.append(f"{_name(row)}: mean_kld {row['mean_kld']:.4g} is above "
-                                f"--max-kld {cfg.max_kld}")
-    return checked, failures
+            if row.get("mean_kld") is None:
+                verdict(row, "max_kld", SKIPPED, f"{_name(row)}: mean_kld not measured "
+                        f"({row.get('backend')} backend)")
+            elif row["mean_kld"] > cfg.max_kld:
+                verdict(row, "max_kld", FAILED, f"{_name(row)}: mean_kld {row['mean_kld']:.4g} is above "
+                        f"--max-kld {cfg.max_kld}")
+            else:
+                verdict(row, "max_kld", PASSED, f"{_name(row)}: mean_kld {row['mean_kld']:.4g} is at most "
+                        f"--max-kld {cfg.max_kld}")
+    gates = {"checked": checked, "verdicts": verdicts,
+             "failed": [v["message"] for v in verdicts if v["status"] == FAILED],
+             "warnings": notes + [v["warning"] for v in verdicts if v["warning"]]}
+    if drops is not None:
+        gates.update(rule=drop_rule(cfg.max_drop), drop=drops)
+    return gates
+
+
+def _drop_gate(rows: list[dict], cfg, current: dict, verdict) -> tuple[list[dict], list[str]]:
+    baseline_rows, baseline, settings = load_baseline(cfg.baseline)
+    differ = [f"{k} {settings[k]!r} there, {getattr(cfg, k)!r} here" for k in PROTOCOL
+              if k in settings and hasattr(cfg, k) and settings[k] != getattr(cfg, k)]
+    notes = [f"baseline: {cfg.baseline} was measured with other settings ({'; '.join(differ)}): the drop "
+             "compares two protocols, not only two models"] if differ else []
+    drops, matched = [], 0
+    for row in rows:
+        old = baseline_rows.get(_key(row))
+        if old is None:
+            verdict(row, "max_drop", SKIPPED, f"{_name(row)}: no row of this label in the baseline")
+            continue
+        if old.get("benchmark") not in (None, row["benchmark"]):
+            raise UserError(f"baseline: {cfg.baseline}: row '{row['label']}' was measured on "
+                            f"'{old.get('benchmark')}', this run on '{row['benchmark']}'")
+        matched += 1
+        paired = paired_drop(baseline.get(_key(row), {}), current.get(_key(row), {}))
+        if paired is None:
+            raise UserError(f"baseline: {cfg.baseline}: {_name(row)} shares no problem with the baseline's "
+                            "samples.jsonl (another benchmark file, or problems of other ids)")
+        figures = (f"pass_at_1 dropped {paired.drop:.4f} ({paired.baseline:.4f} -> {paired.current:.4f} on "
+                   f"{paired.n_problems} shared problems; 95% interval {paired.low:+.4f} to {paired.high:+.4f}, "
+                   f"{paired.test} p = {paired.p_value:.3g})")
+        exceeds = paired.drop > cfg.max_drop + 1e-12
+        significant = paired.p_value < ALPHA
+        if exceeds and significant:
+            status, warning = FAILED, None
+            message = f"{_name(row)}: {figures}, more than --max-drop {cfg.max_drop} and significant at 5%"
+        elif exceeds:
+            status = PASSED
+            message = (f"{_name(row)}: {figures}, more than --max-drop {cfg.max_drop} but not significant "
+                       f"at 5%")
+            warning = (f"{message}: about {paired.needed_problems} problems would find a drop this size "
+                       "(80% power); passed")
+        else:
+            status, warning = PASSED, None
+            message = f"{_name(row)}: {figures}, within --max-drop {cfg.max_drop}"
+        verdict(row, "max_drop", status, message, warning)
+        drops.append({"label": row["label"], "think_budget": row.get("think_budget"), **paired.as_dict(),
+                      "exceeds_max_drop": exceeds, "significant": significant, "status": status})
+    if not matched:
+        raise UserError(f"baseline: {cfg.baseline}: no row has a label of this run "
+                        f"({', '.join(sorted({r['label'] for r in rows}))})")
+    return drops, notes
 
 
 def _fmt(value: float | None) -> str:

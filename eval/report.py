@@ -3,6 +3,7 @@ the rich table printed at the end of a run."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from distill.core.io import write_json, write_text
@@ -92,7 +93,7 @@ def write_reports(out: Path, report: dict) -> list[Path]:
     return [json_path, md_path]
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, plots: bool = True) -> str:
     headers, cells = table(report["results"])
     bench = report["benchmark"]
     settings = report["settings"]
@@ -115,14 +116,74 @@ def markdown(report: dict) -> str:
                   "agreement of the next-token distributions.", ""]
     lines += [f"Speed: single-stream greedy probe of {settings['speed_tokens']} tokens. "
               f"Memory: {report['memory_method']}.", ""]
-    gates = report.get("gates") or {}
-    if gates.get("checked"):
-        status = "failed" if gates["failed"] else "passed"
-        lines += [f"Gates ({', '.join(gates['checked'])}): **{status}**", ""]
-        lines += [f"- {f}" for f in gates["failed"]] + ([""] if gates["failed"] else [])
-    for plot in report.get("plots", []):
+    lines += gate_lines(report.get("gates") or {})
+    for plot in report.get("plots", []) if plots else []:
         lines += [f"![{plot}]({plot})", ""]
     return "\n".join(lines)
+
+
+def gate_lines(gates: dict) -> list[str]:
+    """The verdicts in Markdown: the overall status, every failure and warning, and the paired
+    drop of each row against the baseline with the rule it was judged by."""
+    if not gates.get("checked"):
+        return []
+    status = "failed" if gates["failed"] else "passed"
+    lines = [f"Gates ({', '.join(gates['checked'])}): **{status}**", ""]
+    notes = [f"- failed: {f}" for f in gates["failed"]] + [f"- warning: {w}" for w in gates.get("warnings", [])]
+    lines += notes + ([""] if notes else [])
+    if gates.get("drop"):
+        lines += [f"Drop against the baseline. Rule: {gates['rule']}.", "",
+                  "| row | shared problems | baseline | now | drop | 95% interval | p | test | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for d in gates["drop"]:
+            row = d["label"] + (f" @{d['think_budget']}" if d.get("think_budget") else "")
+            verdict = d["status"] + (" (warning)" if d["exceeds_max_drop"] and not d["significant"] else "")
+            lines.append(f"| {row} | {d['n_problems']} | {d['baseline']:.1%} | {d['current']:.1%} | "
+                         f"{d['drop']:+.1%} | {d['low']:+.1%} to {d['high']:+.1%} | {d['p_value']:.3g} | "
+                         f"{d['test']} | {verdict} |")
+        lines.append("")
+    return lines
+
+
+def junit_xml(report: dict) -> str:
+    """One test case per (row, gate): a failure carries the gate's one-line reason, a skipped
+    gate (a figure the row has no value for) says why, a warning goes to system-out. The
+    <testsuites>/<testsuite>/<testcase> layout is the one GitHub Actions reporters, GitLab and
+    Jenkins read."""
+    import xml.etree.ElementTree as ET
+
+    verdicts = (report.get("gates") or {}).get("verdicts", [])
+    name = f"distill eval {report['benchmark']['name']}"
+    counts = dict(tests=str(len(verdicts)), failures=str(sum(v["status"] == "failed" for v in verdicts)),
+                  errors="0", skipped=str(sum(v["status"] == "skipped" for v in verdicts)), time="0")
+    root = ET.Element("testsuites", name=name, **counts)
+    suite = ET.SubElement(root, "testsuite", name=name, **counts)
+    for v in verdicts:
+        row = v["label"] + (f"@{v['think_budget']}" if v.get("think_budget") else "")
+        case = ET.SubElement(suite, "testcase", classname=f"distill-eval.{report['benchmark']['name']}.{row}",
+                             name=v["gate"], time="0")
+        if v["status"] == "failed":
+            ET.SubElement(case, "failure", message=v["message"], type=v["gate"]).text = v["message"]
+        elif v["status"] == "skipped":
+            ET.SubElement(case, "skipped", message=v["message"])
+        ET.SubElement(case, "system-out").text = f"warning: {v['warning']}" if v["warning"] else v["message"]
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(path: Path, report: dict) -> Path:
+    return write_text(path, junit_xml(report))
+
+
+def append_step_summary(report: dict) -> Path | None:
+    """GitHub Actions shows the Markdown a step appends to $GITHUB_STEP_SUMMARY on the run's page:
+    the table and the gate verdicts (plots are files of the run, which the page cannot show)."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    with open(target, "a", encoding="utf-8") as f:
+        f.write(markdown(report, plots=False).replace("# distill eval", "## distill eval", 1) + "\n")
+    return Path(target)
 
 
 def print_table(report: dict) -> None:

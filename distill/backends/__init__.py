@@ -12,6 +12,15 @@ object with:
         # called as soon as prompt i is finished so callers can write results as they arrive.
     backend.close()
 
+For `distill chat` every backend also has:
+
+    backend.render_messages(messages, think_prefill=True) -> prompt
+                                       # a whole conversation ({"role", "content"} dicts)
+                                       # rendered like `render`; openai: the messages
+    backend.stream(prompt, sampling) -> iterator of text pieces as they are decoded, one sample;
+                                       # the iterator's return value (StopIteration.value) is
+                                       # its Completion
+
 Loaders take the spec's path/URL and keyword options; unknown kinds are user errors.
 """
 
@@ -110,3 +119,15 @@ def load_backend(spec: str, **options: Any):
     kind, target = parse_spec(spec)
     module, _, func = BACKENDS[kind].partition(":")
     return getattr(importlib.import_module(module), func)(target, **options)
+
+
+def load_checked(spec: str, **options: Any):
+    """`load_backend`, with any failure of the runtime to load the model turned into a user
+    error naming it (a corrupt file is the user's input at fault, not an internal error)."""
+    from distill.core.errors import GateFailed, one_line
+    try:
+        return load_backend(spec, **options)
+    except (UserError, GateFailed):
+        raise
+    except Exception as e:  # noqa: BLE001 - see above
+        raise UserError(f"model: {spec}: cannot be loaded ({type(e).__name__}: {one_line(e)[:200]})") from None

@@ -36,8 +36,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from distill.core.chat import render_prompt
+from distill.core.chat import render_messages, render_prompt
 from distill.core.errors import UserError
 
 from . import Collector, Completion, Sampling
@@ -105,6 +106,9 @@ class HFBackend:
     def render(self, user_text: str) -> str:
         return render_prompt(self.tokenizer, user_text, where=f"hf:{self.target}")
 
+    def render_messages(self, messages: list[dict], think_prefill: bool = True) -> str:
+        return render_messages(self.tokenizer, messages, think_prefill, where=f"hf:{self.target}")
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -117,9 +121,55 @@ class HFBackend:
         self._decode(rows, sampling, lambda row, completion: collector.add(row.index, row.copy, completion))
         return collector.results
 
-    def _decode(self, queue: list["_Row"], sampling: Sampling, on_done) -> None:
+    def stream(self, prompt: str, sampling: Sampling) -> Iterator[str]:
+        """Yield the text of one sample as it is decoded (the same loop as `generate`, run in a
+        thread), and return its Completion. Closing the iterator early stops the decoding."""
+        import queue
+        import threading
+
+        row = _Row(0, 0, self.tokenizer(prompt, add_special_tokens=False)["input_ids"],
+                   sampling.seed if sampling.temperature > 0 else None)
+        texts: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        outcome: dict = {}
+
+        def after_step():
+            if cancel.is_set():
+                raise _Cancelled
+            texts.put(self.tokenizer.decode(row.out, skip_special_tokens=False))
+
+        def work():
+            try:
+                self._decode([row], sampling, lambda _, completion: outcome.update(completion=completion), after_step)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome["error"] = e
+            finally:
+                texts.put(None)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        shown = ""
+        try:
+            while (text := texts.get()) is not None:
+                if len(text) > len(shown) and not text.endswith("\ufffd"):  # a whole character
+                    yield text[len(shown):]
+                    shown = text
+        finally:
+            cancel.set()
+            thread.join()
+        if isinstance(outcome.get("error"), _Cancelled):
+            return None
+        if "error" in outcome:
+            raise outcome["error"]
+        completion = outcome["completion"]
+        if len(completion.text) > len(shown):
+            yield completion.text[len(shown):]
+        return completion
+
+    def _decode(self, queue: list["_Row"], sampling: Sampling, on_done, after_step=None) -> None:
         """Decode every row, `batch_size` at a time; a finished row leaves the batch at once and
-        the next waiting ones are prefilled and join it (their cache left-padded to the batch's)."""
+        the next waiting ones are prefilled and join it (their cache left-padded to the batch's).
+        `after_step()` runs once a step, after every row took its token."""
         import torch
 
         queue, rows = deque(queue), []
@@ -141,6 +191,8 @@ class HFBackend:
                         on_done(row, watch.completion(row))
                     else:
                         keep.append(k)
+                if after_step is not None:
+                    after_step()
                 if not keep:
                     rows, cache, mask, logits = [], None, None, None
                     continue
@@ -191,6 +243,10 @@ class HFBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+class _Cancelled(Exception):
+    """Raised inside the decoding thread when the streaming caller stopped listening."""
 
 
 @dataclass

@@ -51,14 +51,22 @@ def render_prompt(tokenizer, user_text: str, think_prefill: bool = True,
 
     Templates such as DeepSeek-R1-Distill's already open the think block; then it is not
     opened twice."""
+    return render_messages(tokenizer, [{"role": "user", "content": user_text}], think_prefill, where)
+
+
+def render_messages(tokenizer, messages: list[dict], think_prefill: bool = True,
+                    where: str = "model") -> str:
+    """`render_prompt` for a whole conversation (system, user and assistant turns)."""
     require_chat_template(tokenizer, where)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}],
-                                         tokenize=False, add_generation_prompt=True)
-    if think_prefill and not text.rstrip().endswith(THINK_OPEN):
-        text += f"{THINK_OPEN}\n"
-    elif think_prefill and not text.endswith("\n"):
-        text += "\n"
-    return text
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return open_think_block(text) if think_prefill else text
+
+
+def open_think_block(prompt: str) -> str:
+    """The prompt with the assistant turn opened by `<think>\\n`, unless its template did it."""
+    if not prompt.rstrip().endswith(THINK_OPEN):
+        return prompt + f"{THINK_OPEN}\n"
+    return prompt if prompt.endswith("\n") else prompt + "\n"
 
 
 def prefill_of(prompt: str) -> str:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from .answers import reference_answer
-from .errors import UserError
+from .errors import UserError, one_line
 from .io import read_jsonl
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "Question", "Problem", "input")
@@ -25,9 +25,7 @@ def read_rows(src: str) -> list[dict]:
     path = Path(src)
     suffix = path.suffix.lower()
     if path.is_dir():
-        from datasets import load_from_disk
-        ds = load_from_disk(str(path))
-        return [dict(r) for r in (ds["train"] if hasattr(ds, "keys") else ds)]
+        return _read_saved_dataset(path)
     if suffix == ".jsonl":
         return read_jsonl(path)
     if suffix == ".json":
@@ -55,6 +53,28 @@ def read_rows(src: str) -> list[dict]:
         except Exception as e:
             raise UserError(f"{path}: not a readable Parquet file ({e.__class__.__name__})") from None
     raise UserError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json, .parquet or .csv)")
+
+
+def _read_saved_dataset(path: Path) -> list[dict]:
+    """A folder written by `datasets`' save_to_disk: one Dataset (state.json) or a DatasetDict
+    (dataset_dict.json), whose "train" split (or only split) is read."""
+    if not (path / "dataset_dict.json").is_file() and not (path / "state.json").is_file():
+        raise UserError(f"{path}: a folder that holds no dataset (expected a `datasets` save_to_disk "
+                        "folder with dataset_dict.json or state.json, or give a .jsonl/.json/.parquet/"
+                        ".csv file)")
+    from datasets import load_from_disk
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged saved dataset is the user's input at fault
+        raise UserError(f"{path}: the saved dataset cannot be read ({type(e).__name__}: "
+                        f"{one_line(e)[:200]})") from None
+    if hasattr(ds, "keys"):
+        splits = list(ds.keys())
+        if "train" not in splits and len(splits) != 1:
+            raise UserError(f"{path}: the saved dataset has no 'train' split and several others "
+                            f"({', '.join(splits)}); save the split to use on its own")
+        ds = ds["train" if "train" in splits else splits[0]]
+    return [dict(r) for r in ds]
 
 
 def load_hub(spec: str) -> list[dict]:

@@ -5,6 +5,7 @@ report written, and bad inputs exit 2 with one line."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -103,17 +104,52 @@ def test_gates_exit_3_and_still_write_the_report(stable_model, tiny_model, tmp_p
     assert code == 3 and lines == ["gate failed: row 'tiny': pass_at_1 0.0000 is below --min-accuracy 0.5"]
     assert read_json(out / "report.json")["gates"]["failed"] and not (out / "eval.json").exists()
 
-    baseline = tmp_path / "baseline.json"
-    baseline.write_text(json.dumps({"results": [{"label": "tiny", "benchmark": "demo", "pass_at_1": 0.5}]}))
-    code, lines = _eval(*common, "--baseline", str(baseline), "--max-drop", "0.1")
-    assert code == 3 and len(lines) == 1 and "row 'tiny': pass_at_1 dropped 0.5000" in lines[0]
-    assert _eval(*common, "--baseline", str(baseline), "--max-drop", "0.6") == (0, [])
-    assert (out / "eval.json").is_file()
+    junit = tmp_path / "ci" / "junit.xml"
+    code, lines = _eval(*common, "--min-accuracy", "0.0", "--junit", str(junit))
+    assert code == 0 and lines == [] and (out / "eval.json").is_file()
+    case = ET.parse(junit).getroot().find("testsuite/testcase")
+    assert case.get("name") == "min_accuracy" and case.find("failure") is None
 
     other = tiny_model("qwen2", seed=3)  # same tokenizer, other weights: far from the reference
     code, lines = _eval(*common, "--reference", f"hf:{other}", "--max-kld", "0.01",
                         "--fidelity-tokens", "64", "--fidelity-window", "32")
     assert code == 3 and len(lines) == 1 and "row 'tiny': mean_kld" in lines[0] and "--max-kld 0.01" in lines[0]
+
+
+def _baseline_that_solved(out: Path, folder: Path, k: int) -> Path:
+    """This run's report and samples as a baseline that had solved k more problems."""
+    folder.mkdir()
+    samples = read_jsonl(out / "samples.jsonl")
+    flip = [s["problem_id"] for s in samples if not s["correct"]][:k]
+    assert len(flip) == k
+    _write_jsonl(folder / "samples.jsonl", [dict(s, correct=s["correct"] or s["problem_id"] in flip) for s in samples])
+    (folder / "report.json").write_text((out / "report.json").read_text())
+    return folder / "report.json"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problems, drop", [(30, 3), (1319, 132)])
+def test_the_drop_gate_warns_on_noise_and_fails_a_real_drop(problems, drop, stable_model, gsm8k_train, tmp_path):
+    out = tmp_path / "eval"
+    common = ["--model", f"hf:{stable_model}", "--label", "tiny", "--benchmark", str(gsm8k_train), "--limit",
+              str(problems), "--max-new-tokens", "1", "--speed-tokens", "0", "--batch-size", "64", "--threads", "1",
+              "--out", str(out)]
+    assert _eval(*common) == (0, [])
+    baseline = _baseline_that_solved(out, tmp_path / "baseline", drop)  # 10 points better
+    code, lines = _eval(*common, "--baseline", str(baseline), "--max-drop", "0.05", "--junit", str(tmp_path / "j.xml"))
+    (line,) = lines
+    gates = read_json(out / "report.json")["gates"]
+    failure = ET.parse(tmp_path / "j.xml").getroot().find("testsuite/testcase/failure")
+    if problems == 30:  # 3 problems of 30: p = 0.25, not significant
+        assert code == 0 and failure is None
+        assert line.startswith("warning: row 'tiny': pass_at_1 dropped 0.1000 (0.1000 -> 0.0000 on 30 shared problems;")
+        assert "exact McNemar p = 0.25), more than --max-drop 0.05 but not significant at 5%: about" in line
+        assert gates["failed"] == [] and gates["drop"][0]["status"] == "passed"
+    else:
+        assert code == 3 and failure is not None
+        assert line.startswith("gate failed: row 'tiny': pass_at_1 dropped 0.1001 (0.1001 -> 0.0000 on 1319 shared")
+        assert "more than --max-drop 0.05 and significant at 5%" in line and failure.get("message") in line
+    assert gates["drop"][0]["n_problems"] == problems and gates["drop"][0]["test"] == "exact McNemar"
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
