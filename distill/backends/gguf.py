@@ -123,62 +123,56 @@ class GGUFBackend:
                 decoder.run(jobs, sampling, lambda job, completion: collector.add(job.index, job.copy, completion))
         return collector.results
 
+    # `distill chat`: a whole conversation rendered, and one sample streamed as it is decoded.
+
+    def render_messages(self, messages: list[dict], think_prefill: bool = True) -> str:
+        """The prompt of a conversation (system, user and assistant turns), rendered like `render`."""
+        if self._formatter is None:
+            raise UserError(f"gguf:{self.target}: the GGUF has no chat template "
+                            "(tokenizer.chat_template); export it from a model with one")
+        text = self._formatter(messages=messages).prompt
+        return open_think_block(text) if think_prefill else text
+
+    def stream(self, prompt: str, sampling: Sampling) -> Iterator[str]:
+        """Yield the text of one sample as llama.cpp decodes it, and return its Completion (stop
+        strings are not applied). Unlike `generate`, the KV cache of the previous call is kept for
+        the common prefix of the prompt: a conversation grows a turn at a time, and evaluating it
+        afresh every turn would cost minutes on a Raspberry Pi."""
+        import llama_cpp
+
+        llm = self.llm
+        tokens = self.tokenize(prompt)
+        budget = min(sampling.max_new_tokens, llm.n_ctx() - len(tokens))
+        if budget <= 0:
+            return Completion("", "length", len(tokens), 0, error=f"the prompt of {len(tokens)} tokens "
+                              f"fills the context of {llm.n_ctx()}")
+        llm.set_seed(sampling.seed & 0xFFFFFFFF)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces: list[str] = []
+        finish, count, first = "length", 0, None
+        started = time.perf_counter()
+        for token in llm.generate(tokens, top_k=0, top_p=sampling.top_p if sampling.temperature else 1.0,
+                                  min_p=0.0, typical_p=1.0, temp=sampling.temperature, repeat_penalty=1.0):
+            first = first or time.perf_counter()
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                finish = "stop"
+                break
+            count += 1
+            piece = decoder.decode(llm.detokenize([token], special=True))
+            if piece:
+                pieces.append(piece)
+                yield piece
+            if count >= budget:
+                break
+        rest = decoder.decode(b"", final=True)
+        if rest:
+            pieces.append(rest)
+            yield rest
+        last = time.perf_counter()
+        first = first or last
+        return Completion("".join(pieces), finish, len(tokens), count, ttft_s=first - started, decode_s=last - first)
+
     def close(self) -> None:
         if self.llm is not None:
             self.llm.close()
             self.llm = None
-
-
-# `distill chat`: a whole conversation rendered, and one sample streamed as it is decoded.
-
-def _render_messages(self, messages: list[dict], think_prefill: bool = True) -> str:
-    """The prompt of a conversation (system, user and assistant turns), rendered like `render`."""
-    if self._formatter is None:
-        raise UserError(f"gguf:{self.target}: the GGUF has no chat template "
-                        "(tokenizer.chat_template); export it from a model with one")
-    text = self._formatter(messages=messages).prompt
-    return open_think_block(text) if think_prefill else text
-
-
-def _stream(self, prompt: str, sampling: Sampling) -> Iterator[str]:
-    """Yield the text of one sample as llama.cpp decodes it, and return its Completion (stop
-    strings are not applied). Unlike `generate`, the KV cache of the previous call is kept for
-    the common prefix of the prompt: a conversation grows a turn at a time, and evaluating it
-    afresh every turn would cost minutes on a Raspberry Pi."""
-    import llama_cpp
-
-    llm = self.llm
-    tokens = self.tokenize(prompt)
-    budget = min(sampling.max_new_tokens, llm.n_ctx() - len(tokens))
-    if budget <= 0:
-        return Completion("", "length", len(tokens), 0, error=f"the prompt of {len(tokens)} tokens "
-                          f"fills the context of {llm.n_ctx()}")
-    llm.set_seed(sampling.seed & 0xFFFFFFFF)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pieces: list[str] = []
-    finish, count, first = "length", 0, None
-    started = time.perf_counter()
-    for token in llm.generate(tokens, top_k=0, top_p=sampling.top_p if sampling.temperature else 1.0,
-                              min_p=0.0, typical_p=1.0, temp=sampling.temperature, repeat_penalty=1.0):
-        first = first or time.perf_counter()
-        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-            finish = "stop"
-            break
-        count += 1
-        piece = decoder.decode(llm.detokenize([token], special=True))
-        if piece:
-            pieces.append(piece)
-            yield piece
-        if count >= budget:
-            break
-    rest = decoder.decode(b"", final=True)
-    if rest:
-        pieces.append(rest)
-        yield rest
-    last = time.perf_counter()
-    first = first or last
-    return Completion("".join(pieces), finish, len(tokens), count, ttft_s=first - started, decode_s=last - first)
-
-
-GGUFBackend.render_messages = _render_messages
-GGUFBackend.stream = _stream

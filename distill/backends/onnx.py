@@ -160,6 +160,54 @@ class OnnxBackend:
         tail = self.tokenizer.decode(out[-16:], skip_special_tokens=False)
         return any(s in tail for s in stop)
 
+    # `distill chat`: a whole conversation rendered, and one sample streamed as it is decoded.
+
+    def render_messages(self, messages: list[dict], think_prefill: bool = True) -> str:
+        return render_messages(self.tokenizer, messages, think_prefill, where=str(self.folder))
+
+    def stream(self, prompt: str, sampling: Sampling) -> Iterator[str]:
+        """Yield the text of one sample as onnxruntime-genai's generator loop produces it, and return
+        its Completion (stop strings are not applied)."""
+        import onnxruntime_genai as og
+
+        ids = self.encode(prompt)
+        budget = min(sampling.max_new_tokens, self.context_length - len(ids))
+        if budget < 1:
+            return Completion("", "length", len(ids), 0, error=f"the prompt of {len(ids)} tokens fills the "
+                              f"context of {self.context_length}")
+        params = og.GeneratorParams(self.model)
+        options = dict(batch_size=1, max_length=len(ids) + budget, random_seed=sampling.seed)
+        if sampling.temperature > 0:
+            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                           top_k=self.vocab_size or 1 << 20)
+        else:
+            options.update(do_sample=False)
+        params.set_search_options(**options)
+        generator = og.Generator(self.model, params)
+        started = time.perf_counter()
+        generator.append_tokens(np.asarray([ids], dtype=np.int32))
+        out: list[int] = []
+        shown, finish, first = "", "length", None
+        while len(out) < budget and not generator.is_done():
+            generator.generate_next_token()
+            first = first or time.perf_counter()
+            token = int(generator.get_next_tokens()[0])
+            if token in self.eos_ids:
+                finish = "stop"
+                break
+            out.append(token)
+            text = self.tokenizer.decode(out, skip_special_tokens=False)
+            if not text.endswith("\ufffd") and text.startswith(shown):  # a character still incomplete waits
+                piece, shown = text[len(shown):], text
+                if piece:
+                    yield piece
+        text = self.tokenizer.decode(out, skip_special_tokens=False)
+        if text.startswith(shown) and text != shown:
+            yield text[len(shown):]
+        last = time.perf_counter()
+        first = first or last
+        return Completion(text, finish, len(ids), len(out), ttft_s=first - started, decode_s=last - first)
+
     def close(self) -> None:
         self.model = None
 
@@ -170,57 +218,3 @@ def load(target: str, threads: int | None = None, batch_size: int = 16,
     if not folder.is_dir():
         raise UserError(f"{target}: no such ONNX model folder")
     return OnnxBackend(folder, threads, batch_size, trust_remote_code)
-
-
-# `distill chat`: a whole conversation rendered, and one sample streamed as it is decoded.
-
-def _render_messages(self, messages: list[dict], think_prefill: bool = True) -> str:
-    return render_messages(self.tokenizer, messages, think_prefill, where=str(self.folder))
-
-
-def _stream(self, prompt: str, sampling: Sampling) -> Iterator[str]:
-    """Yield the text of one sample as onnxruntime-genai's generator loop produces it, and return
-    its Completion (stop strings are not applied)."""
-    import onnxruntime_genai as og
-
-    ids = self.encode(prompt)
-    budget = min(sampling.max_new_tokens, self.context_length - len(ids))
-    if budget < 1:
-        return Completion("", "length", len(ids), 0, error=f"the prompt of {len(ids)} tokens fills the "
-                          f"context of {self.context_length}")
-    params = og.GeneratorParams(self.model)
-    options = dict(batch_size=1, max_length=len(ids) + budget, random_seed=sampling.seed)
-    if sampling.temperature > 0:
-        options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                       top_k=self.vocab_size or 1 << 20)
-    else:
-        options.update(do_sample=False)
-    params.set_search_options(**options)
-    generator = og.Generator(self.model, params)
-    started = time.perf_counter()
-    generator.append_tokens(np.asarray([ids], dtype=np.int32))
-    out: list[int] = []
-    shown, finish, first = "", "length", None
-    while len(out) < budget and not generator.is_done():
-        generator.generate_next_token()
-        first = first or time.perf_counter()
-        token = int(generator.get_next_tokens()[0])
-        if token in self.eos_ids:
-            finish = "stop"
-            break
-        out.append(token)
-        text = self.tokenizer.decode(out, skip_special_tokens=False)
-        if not text.endswith("\ufffd") and text.startswith(shown):  # a character still incomplete waits
-            piece, shown = text[len(shown):], text
-            if piece:
-                yield piece
-    text = self.tokenizer.decode(out, skip_special_tokens=False)
-    if text.startswith(shown) and text != shown:
-        yield text[len(shown):]
-    last = time.perf_counter()
-    first = first or last
-    return Completion(text, finish, len(ids), len(out), ttft_s=first - started, decode_s=last - first)
-
-
-OnnxBackend.render_messages = _render_messages
-OnnxBackend.stream = _stream

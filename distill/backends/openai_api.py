@@ -249,66 +249,60 @@ class OpenAIBackend:
                           reasoning=thinking if any(r for r in reasoning) else None,
                           ttft_s=first - started, decode_s=(last or first) - first)
 
+    # `distill chat`: the server renders the conversation, and one sample is streamed as it arrives.
+
+    def render_messages(self, messages: list[dict], think_prefill: bool = True) -> list[dict]:
+        """The conversation itself: the server applies the chat template (and decides whether the
+        reply opens with a think block)."""
+        return [dict(m) for m in messages]
+
+    def stream(self, messages: list[dict] | str, sampling: Sampling) -> Iterator[str]:
+        """Yield the text of one sample as the server streams it, and return its Completion. A
+        reasoning channel (`reasoning_content`, `reasoning`) is yielded inside <think>...</think>,
+        the layout local models write. Bad URLs, keys and models are user errors; the client's own
+        retries cover 429, 5xx and dropped connections before the first token."""
+        import openai
+
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=self.max_retries,
+                               timeout=openai.Timeout(self.request_timeout, connect=min(30.0, self.request_timeout)))
+        args = self._request_args("", sampling, sampling.seed)
+        args.update(messages=messages, stream=True, stream_options={"include_usage": True})
+        pieces: list[str] = []
+        thinking, finish, usage, first, chunks = False, None, None, None, 0
+        started = time.perf_counter()
+        try:
+            for chunk in client.chat.completions.create(**args):
+                usage = getattr(chunk, "usage", None) or usage
+                for choice in chunk.choices or []:
+                    delta = choice.delta
+                    thought, piece = (_reasoning_of(delta), delta.content) if delta else (None, None)
+                    out = ""
+                    if thought:
+                        out += ("" if thinking else f"{THINK_OPEN}\n") + thought
+                        thinking = True
+                    if piece:
+                        out += (f"\n{THINK_CLOSE}\n\n" if thinking else "") + piece
+                        thinking = False
+                    if out:
+                        first = first or time.perf_counter()
+                        chunks += 1
+                        pieces.append(out)
+                        yield out
+                    finish = choice.finish_reason or finish
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+            raise UserError(f"openai:{self.base_url}: {_describe(e)} (check the URL, the served model "
+                            "name and the API key variable)") from None
+        except (openai.APIConnectionError, openai.APIStatusError) as e:
+            raise UserError(f"openai:{self.base_url}: {_describe(e)}") from None
+        finally:
+            client.close()
+        last = time.perf_counter()
+        first = first or last
+        return Completion("".join(pieces), finish or "stop", getattr(usage, "prompt_tokens", 0) or 0,
+                          getattr(usage, "completion_tokens", 0) or chunks, ttft_s=first - started,
+                          decode_s=last - first)
+
     def close(self) -> None:
         pass
-
-
-# `distill chat`: the server renders the conversation, and one sample is streamed as it arrives.
-
-def _render_messages(self, messages: list[dict], think_prefill: bool = True) -> list[dict]:
-    """The conversation itself: the server applies the chat template (and decides whether the
-    reply opens with a think block)."""
-    return [dict(m) for m in messages]
-
-
-def _stream(self, messages: list[dict] | str, sampling: Sampling) -> Iterator[str]:
-    """Yield the text of one sample as the server streams it, and return its Completion. A
-    reasoning channel (`reasoning_content`, `reasoning`) is yielded inside <think>...</think>,
-    the layout local models write. Bad URLs, keys and models are user errors; the client's own
-    retries cover 429, 5xx and dropped connections before the first token."""
-    import openai
-
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=self.max_retries,
-                           timeout=openai.Timeout(self.request_timeout, connect=min(30.0, self.request_timeout)))
-    args = self._request_args("", sampling, sampling.seed)
-    args.update(messages=messages, stream=True, stream_options={"include_usage": True})
-    pieces: list[str] = []
-    thinking, finish, usage, first, chunks = False, None, None, None, 0
-    started = time.perf_counter()
-    try:
-        for chunk in client.chat.completions.create(**args):
-            usage = getattr(chunk, "usage", None) or usage
-            for choice in chunk.choices or []:
-                delta = choice.delta
-                thought, piece = (_reasoning_of(delta), delta.content) if delta else (None, None)
-                out = ""
-                if thought:
-                    out += ("" if thinking else f"{THINK_OPEN}\n") + thought
-                    thinking = True
-                if piece:
-                    out += (f"\n{THINK_CLOSE}\n\n" if thinking else "") + piece
-                    thinking = False
-                if out:
-                    first = first or time.perf_counter()
-                    chunks += 1
-                    pieces.append(out)
-                    yield out
-                finish = choice.finish_reason or finish
-    except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-        raise UserError(f"openai:{self.base_url}: {_describe(e)} (check the URL, the served model "
-                        "name and the API key variable)") from None
-    except (openai.APIConnectionError, openai.APIStatusError) as e:
-        raise UserError(f"openai:{self.base_url}: {_describe(e)}") from None
-    finally:
-        client.close()
-    last = time.perf_counter()
-    first = first or last
-    return Completion("".join(pieces), finish or "stop", getattr(usage, "prompt_tokens", 0) or 0,
-                      getattr(usage, "completion_tokens", 0) or chunks, ttft_s=first - started,
-                      decode_s=last - first)
-
-
-OpenAIBackend.render_messages = _render_messages
-OpenAIBackend.stream = _stream
