@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
