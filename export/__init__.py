@@ -2,7 +2,8 @@
 check each against the source model, and package them for a target device.
 
 Everything is built in a hidden temporary folder beside `--out` and renamed into place at the
-end: a bad request or a crash leaves nothing that looks finished."""
+end: a bad request or a crash leaves nothing that looks finished. llama.cpp runs in child
+processes (export/native.py), so even an abort inside it ends the export with a clear error."""
 
 from __future__ import annotations
 
@@ -11,24 +12,27 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from distill.core.errors import GateFailed
-from distill.core.io import TMP_PREFIX, atomic_dir, sha256_path, write_json
-from distill.core.progress import info
-from distill.core.records import StageRecord
-
-from .build import build_ggufs, build_onnx_folders, validate_all
 from .config import ExportConfig
-from .gguf_info import describe_gguf
-from .package import (artifact_entry, chat_template_of, now, tool_versions, usual_permissions,
-                      write_card_files, write_tarball)
-from .plan import (check_out_folder, choose_context, choose_formats, precheck_fit,
-                   remove_stale_temporaries, require_runtimes, validation_threads)
-from .profiles import fit_report, load_profile, memory_need, profile_summary, require_fit
-from .reference import build_reference
-from .source import model_facts, resolve_model
 
 
 def run(config: ExportConfig) -> dict:
+    # Imported here: llama.cpp's child processes (export/native.py) import this package and need
+    # none of it.
+    from distill.core.errors import GateFailed
+    from distill.core.io import TMP_PREFIX, atomic_dir, sha256_path, write_json
+    from distill.core.progress import info
+    from distill.core.records import StageRecord
+
+    from .build import build_ggufs, build_onnx_folders, validate_all
+    from .gguf_info import describe_gguf
+    from .package import (artifact_entry, chat_template_of, now, tool_versions, usual_permissions,
+                          write_card_files, write_tarball)
+    from .plan import (check_out_folder, choose_context, choose_formats, precheck_fit,
+                       remove_stale_temporaries, require_runtimes, validation_threads)
+    from .profiles import fit_report, load_profile, memory_need, profile_summary, require_fit
+    from .reference import build_reference
+    from .source import model_facts, resolve_model
+
     # Everything that can be wrong with the request is found before any work starts.
     out = Path(config.out)
     check_out_folder(out, config.overwrite)
@@ -61,7 +65,7 @@ def run(config: ExportConfig) -> dict:
                 artifacts += build_onnx_folders(config, folder, onnx_precisions, build, work, context)
 
                 results, base_result = ({}, None) if reference is None else validate_all(
-                    artifacts, reference, base_f16, check_threads, config.max_quant_kld)
+                    artifacts, reference, base_f16, check_threads, config.max_quant_kld, work)
                 failures = [f"base f16: {f}" for f in (base_result or {}).get("failures", [])]
                 entries = []
                 for path, fmt, quant in artifacts:

@@ -15,7 +15,7 @@ from .plan import needs_base_f16
 from .quantize import quantize
 from .reference import Reference
 from .source import ModelFacts
-from .validate import check_gguf, check_onnx
+from .validate import check_gguf, check_onnx, reference_job
 
 Artifact = tuple[Path, str, str]  # (path, format, quant)
 
@@ -60,19 +60,24 @@ def build_onnx_folders(config: ExportConfig, folder: Path, precisions: list[str]
 
 
 def validate_all(artifacts: list[Artifact], reference: Reference, base_f16: Optional[Path],
-                 threads: int, max_quant_kld: float) -> tuple[dict[Path, dict], Optional[dict]]:
-    """Validation result per artifact path, and that of the hidden base f16 file if there is one."""
+                 threads: int, max_quant_kld: float, work: Path) -> tuple[dict[Path, dict], Optional[dict]]:
+    """Validation result per artifact path, and that of the hidden base f16 file if there is one.
+    Each GGUF is checked in a child process (validate.check_gguf); the f16 file's held-out logits
+    stay in `work` for the quantized files' comparison."""
     results: dict[Path, dict] = {}
-    f16_logits, base_result = None, None
+    base_result = None
+    ref_job = reference_job(reference, work / "reference")
+    f16_logits = work / "f16-logits.npy"
     if base_f16 is not None:
         info("Checking the base f16 GGUF against the source model")
-        base_result, f16_logits = check_gguf(base_f16, "f16", reference, threads, None, max_quant_kld)
+        base_result = check_gguf(base_f16, "f16", ref_job, threads, None, max_quant_kld, f16_logits,
+                                 work / "check-base-f16.log")
     for path, fmt, quant in sorted(artifacts, key=lambda a: (a[1] != "gguf", a[2] != "f16")):
         info(f"Validating {path.name}")
         if fmt == "onnx":
             results[path] = check_onnx(path, quant, reference)
             continue
-        results[path], logits = check_gguf(path, quant, reference, threads, f16_logits, max_quant_kld)
-        if quant == "f16":
-            f16_logits = logits
+        results[path] = check_gguf(path, quant, ref_job, threads, f16_logits if f16_logits.is_file() else None,
+                                   max_quant_kld, f16_logits if quant == "f16" else None,
+                                   work / f"check-{path.name}.log")
     return results, base_result

@@ -1,0 +1,90 @@
+"""Real students' vocabularies against llama.cpp's own tokenizer test vectors: for each of
+llama.cpp's `ggml-vocab-*.gguf` files a tiny model of a matching architecture carries the HF
+tokenizer rebuilt from it and the family's real chat template; `distill export --gguf f16`
+must identify the vocabulary as llama.cpp's converter does, and the GGUF must tokenize every
+test string on which the rebuilt HF tokenizer agrees with llama.cpp's `.out` file to exactly the
+expected ids, and carry the chat template unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+from typer.testing import CliRunner
+
+from distill import cli
+from tests.conftest import build_tiny_model
+
+from .vocabs import VOCABS, agreed_strings, rebuilt_tokenizer, template
+
+MESSAGES = [{"role": "system", "content": "You are brief."},
+            {"role": "user", "content": "What is 12 + 30?"},
+            {"role": "assistant", "content": "42."},
+            {"role": "user", "content": "And 7 * 6?"}]
+
+
+def _llama(path, **kw):
+    import llama_cpp
+    return llama_cpp.Llama(str(path), n_ctx=512, verbose=False, n_threads=1, n_threads_batch=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Factory: `exported("qwen2")` -> (model folder, export folder, manifest), made once."""
+    made = {}
+
+    def make(name: str):
+        if name not in made:
+            arch, template_file, _ = VOCABS[name]
+            root = tmp_path_factory.mktemp(f"vocab-{name}")
+            model = build_tiny_model(arch, rebuilt_tokenizer(name), root / "model", layers=1)
+            (model / "chat_template.jinja").write_text(template(template_file), encoding="utf-8")
+            out = root / "export"
+            result = CliRunner().invoke(cli.app, ["export", "--quiet", "--model", str(model), "--out", str(out),
+                                                  "--gguf", "f16", "--threads", "1"])
+            assert result.exit_code == 0, result.output
+            made[name] = (model, out, json.loads((out / "manifest.json").read_text()))
+        return made[name]
+
+    return make
+
+
+@pytest.mark.parametrize("name", list(VOCABS))
+def test_llama_cpp_tokenizes_the_test_vectors_as_expected(name, exported):
+    model, out, manifest = exported(name)
+    expected_pre = VOCABS[name][2]
+    vocab = manifest["tokenizer"]
+    if expected_pre is None:
+        assert vocab["model"] == "llama" and "pre" not in vocab
+    else:
+        assert vocab["model"] == "gpt2" and vocab["pre"] == expected_pre and vocab["pre_found_by"] == "fingerprint"
+    (artifact,) = manifest["artifacts"]
+    assert artifact["validation"]["passed"], artifact["validation"]
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    agreed, total = agreed_strings(name, tokenizer)
+    assert len(agreed) >= 0.8 * total, f"the rebuilt tokenizer agrees with llama.cpp on {len(agreed)}/{total}"
+    llm = _llama(out / artifact["path"], vocab_only=True)
+    try:
+        wrong = [(text, ids, got) for text, ids in agreed
+                 if (got := llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) != ids]
+    finally:
+        llm.close()
+    assert not wrong, f"{len(wrong)}/{len(agreed)} strings tokenized differently, first: {wrong[0]!r}"
+
+
+@pytest.mark.parametrize("name", list(VOCABS))
+def test_chat_template_round_trips(name, exported):
+    model, out, manifest = exported(name)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    source = template(VOCABS[name][1])
+    llm = _llama(out / manifest["artifacts"][0]["path"], vocab_only=True)
+    try:
+        assert llm.metadata["tokenizer.chat_template"] == source
+        prompt = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+        # the template's markers are the vocabulary's control tokens in llama.cpp as in HF
+        got = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    finally:
+        llm.close()
+    assert got == tokenizer.encode(prompt, add_special_tokens=False)

@@ -1,0 +1,78 @@
+"""Hugging Face tokenizers rebuilt from llama.cpp's own test vocabularies
+(`models/ggml-vocab-*.gguf`) with transformers' GGUF loader, cached in the test cache (rebuilding
+a 150k-token vocabulary takes about half a minute).
+
+transformers' loader does not restore every vocabulary's BOS handling, so the BOS id and the
+add-BOS flag are taken from the file itself (where the file has no flag, llama.cpp's default for
+its tokenizer type: on for SentencePiece and the Llama 3 pre-tokenizer family, off otherwise)."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+from pathlib import Path
+
+from tests.conftest import CACHE
+from tests.llama_vendor import test_strings, vendor_models, vocab_file
+
+# vocabulary -> (architecture of the tiny model, chat template in models/templates/, the
+# pre-tokenizer llama.cpp's fingerprint names; None for SentencePiece vocabularies)
+VOCABS = {
+    "qwen2": ("qwen2", "Qwen-Qwen2.5-7B-Instruct.jinja", "qwen2"),
+    "qwen35": ("qwen3", "Qwen3.5-4B.jinja", "qwen35"),
+    "llama-bpe": ("llama", "meta-llama-Llama-3.1-8B-Instruct.jinja", "llama-bpe"),
+    "deepseek-llm": ("llama", "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek-llm"),
+    "llama-spm": ("mistral", "mistralai-Mistral-Nemo-Instruct-2407.jinja", None),
+    "gpt-2": ("llama", "HuggingFaceTB-SmolLM3-3B.jinja", "gpt-2"),
+    "starcoder": ("llama", "HuggingFaceTB-SmolLM3-3B.jinja", "starcoder"),
+    "deepseek-coder": ("llama", "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek-coder"),
+}
+ADDS_BOS_BY_DEFAULT = {"llama-bpe", "llama3", "llama-v3"}
+
+
+def _header(path: Path) -> dict:
+    from export.gguf_info import read_header
+    return read_header(path)[0]
+
+
+def rebuilt_tokenizer(name: str) -> Path:
+    """Folder of the HF tokenizer rebuilt from ggml-vocab-<name>.gguf."""
+    out = CACHE / f"llama-cpp-python-{version('llama-cpp-python')}" / "tokenizers" / name
+    if (out / "tokenizer_config.json").is_file():
+        return out
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from distill.core.io import atomic_dir
+
+    path = vocab_file(name)
+    meta = _header(path)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    bos_id = meta.get("tokenizer.ggml.bos_token_id")
+    default = meta["tokenizer.ggml.model"] == "llama" or meta.get("tokenizer.ggml.pre") in ADDS_BOS_BY_DEFAULT
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default)) and bos_id is not None
+    if bos_id is not None:
+        tokenizer.bos_token = tokenizer.convert_ids_to_tokens(bos_id)
+    if add_bos:
+        bos = tokenizer.bos_token
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)])
+    with atomic_dir(out) as tmp:
+        tokenizer.save_pretrained(tmp)
+        config_path = tmp / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config["add_bos_token"] = add_bos
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+    return out
+
+
+def agreed_strings(name: str, tokenizer) -> tuple[list[tuple[str, list[int]]], int]:
+    """llama.cpp's test strings on which the rebuilt tokenizer already gives the expected ids
+    (so a difference in the export is the export's), and how many there are in all."""
+    strings = test_strings(name)
+    agreed = [(text, ids) for text, ids in strings if tokenizer.encode(text, add_special_tokens=False) == ids]
+    return agreed, len(strings)
+
+
+def template(file_name: str) -> str:
+    return (vendor_models() / "templates" / file_name).read_text(encoding="utf-8")
