@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import ExportConfig
@@ -54,18 +55,19 @@ def run(config: ExportConfig) -> dict:
 
         with StageRecord("export", config, out) as rec:
             with atomic_dir(out, overwrite=True) as build:
-                reference = None
-                if config.validate:
+                # The HF reference is computed in a thread while the GGUF files are written
+                # (torch and the writer both spend their time outside the GIL).
+                pending = ThreadPoolExecutor(1).submit(
+                    build_reference, folder, new_tokens=16, threads=check_threads,
+                    trust_remote_code=config.trust_remote_code) if config.validate else None
+                if pending is not None:
                     info("Computing the reference outputs of the source model")
-                    reference = build_reference(folder, new_tokens=16, threads=check_threads,
-                                                    trust_remote_code=config.trust_remote_code)
-
                 artifacts, vocab, base_f16 = build_ggufs(config, folder, hf_config, facts, gguf_types, build,
                                                          work, threads)
                 artifacts += build_onnx_folders(config, folder, onnx_precisions, build, work, context)
 
-                results, base_result = ({}, None) if reference is None else validate_all(
-                    artifacts, reference, base_f16, check_threads, config.max_quant_kld, work)
+                results, base_result = ({}, None) if pending is None else validate_all(
+                    artifacts, pending, base_f16, check_threads, config.max_quant_kld, work)
                 failures = [f"base f16: {f}" for f in (base_result or {}).get("failures", [])]
                 entries = []
                 for path, fmt, quant in artifacts:

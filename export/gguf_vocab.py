@@ -98,8 +98,10 @@ def vocab_entries(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def spm_entries(tokenizer, tokenizer_json: dict, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
-    """(texts, scores, types) of a SentencePiece-style BPE vocabulary."""
+def spm_entries(tokenizer, tokenizer_json: dict, vocab_size: int,
+                unk: str | None = None) -> tuple[list[str], list[float], list[int]]:
+    """(texts, scores, types) of a SentencePiece-style BPE vocabulary; `unk` names the unknown
+    token where the BPE model does not."""
     by_id = _ids_to_tokens(tokenizer, vocab_size)
     added = tokenizer.get_added_tokens_decoder()
     vocab = tokenizer.get_vocab(with_added_tokens=True)
@@ -111,7 +113,7 @@ def spm_entries(tokenizer, tokenizer_json: dict, vocab_size: int) -> tuple[list[
         i = vocab.get(left + right)
         if i is not None and i not in made:
             made[i] = -float(rank)
-    unk = tokenizer_json.get("model", {}).get("unk_token")
+    unk = tokenizer_json.get("model", {}).get("unk_token") or unk
     tokens, scores, types = [], [], []
     for i in range(vocab_size):
         text = by_id.get(i)
@@ -220,7 +222,8 @@ def add_vocab(writer: gguf.GGUFWriter, folder: Path, vocab_size: int, pre: str |
         writer.add_token_list(tokens)
         writer.add_token_types(types)
     else:
-        tokens, scores, types = spm_entries(tokenizer, tokenizer_json, vocab_size)
+        tokens, scores, types = spm_entries(tokenizer, tokenizer_json, vocab_size,
+                                            _token_content(tokenizer_config.get("unk_token")))
         writer.add_token_list(tokens)
         writer.add_token_scores(scores)
         writer.add_token_types(types)

@@ -35,32 +35,58 @@ def last_words(log_path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+class Child:
+    """A running `python -m export.native OP` child. Its job is sent at once; `finish` can send a
+    second part the job waits for (the reference outputs, computed meanwhile), then collects the
+    result."""
+
+    def __init__(self, op: str, job: dict, log_path: Path):
+        env = {**os.environ, "GGML_NO_BACKTRACE": "1",  # else the last lines are a debugger's frames
+               "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "export.native", op], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log, env=env, cwd=REPO)
+        self._send(job)
+
+    def _send(self, part: dict) -> None:
+        try:
+            self.proc.stdin.write((json.dumps(part) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # it has already ended; `finish` says why
+            pass
+
+    def finish(self, more: dict | None = None) -> dict:
+        if more is not None:
+            self._send(more)
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        out = self.proc.stdout.read()
+        self.proc.wait()
+        lines = out.decode("utf-8", errors="replace").strip().splitlines()
+        if self.proc.returncode == 0 and lines:
+            return json.loads(lines[-1])
+        code = self.proc.returncode
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        raise NativeAbort(f"{last_words(self.log_path) or 'no message'} ({how})")
+
+
 def run_child(op: str, job: dict, log_path: Path) -> dict:
     """Run `op` (a name in OPS) on `job` in a child process; its result dict. llama.cpp's log
     goes to `log_path`."""
-    env = {**os.environ, "GGML_NO_BACKTRACE": "1",  # else the last lines are a debugger's frames
-           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    with open(log_path, "ab") as log:
-        proc = subprocess.run([sys.executable, "-m", "export.native", op], input=json.dumps(job).encode(),
-                              stdout=subprocess.PIPE, stderr=log, env=env, cwd=REPO)
-    lines = proc.stdout.decode("utf-8", errors="replace").strip().splitlines()
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    if proc.returncode < 0:
-        how = f"killed by {signal.Signals(-proc.returncode).name}"
-    else:
-        how = f"exit status {proc.returncode}"
-    raise NativeAbort(f"{last_words(log_path) or 'no message'} ({how})")
+    return Child(op, job, log_path).finish()
 
 
-def _quantize(job: dict) -> dict:
+def _quantize(job: dict, more) -> dict:
     from .quantize import quantize_here
     return quantize_here(job)
 
 
-def _check_gguf(job: dict) -> dict:
+def _check_gguf(job: dict, more) -> dict:
     from .validate import check_gguf_here
-    return check_gguf_here(job)
+    return check_gguf_here(job, more)
 
 
 OPS = {"quantize": _quantize, "check_gguf": _check_gguf}
@@ -70,8 +96,8 @@ def main() -> int:
     # The result goes to the real stdout; anything native code prints goes to the log.
     result_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    job = json.loads(sys.stdin.read())
-    result = OPS[sys.argv[1]](job)
+    job = json.loads(sys.stdin.readline())
+    result = OPS[sys.argv[1]](job, lambda: json.loads(sys.stdin.readline()))
     result_out.write(json.dumps(result) + "\n")
     result_out.flush()
     return 0

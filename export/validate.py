@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from .native import NativeAbort, run_child
+from .native import Child, NativeAbort, run_child
 from .reference import Reference, compare_greedy, kl_and_top1
 
 # Relative logit tolerance for calling a greedy divergence a tie, and the most KL (nats) a float
@@ -59,40 +59,63 @@ def reference_job(ref: Reference, work: Path) -> dict:
             "greedy_logits": [str(work / f"greedy_logits_{i}.npy") for i in range(len(ref.greedy_logits))]}
 
 
+def _gguf_job(path: Path, quant: str, ref_job: Optional[dict], threads: int, f16_logits: Optional[Path],
+              max_quant_kld: float, save_logits: Optional[Path]) -> dict:
+    return {"path": str(path), "quant": quant, "ref": ref_job, "threads": threads,
+            "f16_logits": str(f16_logits) if f16_logits else None, "max_quant_kld": max_quant_kld,
+            "save_logits": str(save_logits) if save_logits else None}
+
+
+def _aborted(e: NativeAbort) -> dict:
+    return _finish({"loads": False, "error": str(e),
+                    "failures": [f"llama.cpp aborted while loading or running it: {e}"]})
+
+
+def start_check_gguf(path: Path, quant: str, threads: int, max_quant_kld: float, save_logits: Optional[Path],
+                     log_path: Path) -> Child:
+    """Start checking a GGUF before the reference is ready: the child loads the file meanwhile;
+    `finish_check_gguf` hands it the reference."""
+    return Child("check_gguf", _gguf_job(path, quant, None, threads, None, max_quant_kld, save_logits), log_path)
+
+
+def finish_check_gguf(child: Child, ref_job: dict) -> dict:
+    try:
+        return child.finish(ref_job)
+    except NativeAbort as e:
+        return _aborted(e)
+
+
 def check_gguf(path: Path, quant: str, ref_job: dict, threads: int, f16_logits: Optional[Path],
                max_quant_kld: float, save_logits: Optional[Path] = None, log_path: Optional[Path] = None) -> dict:
     """Validation results of one GGUF file, computed in a child process; an abort of llama.cpp
     there is a failure naming its assertion. `save_logits` keeps the held-out logits (the f16
     file's are what quantized files are compared with)."""
-    job = {"path": str(path), "quant": quant, "ref": ref_job, "threads": threads,
-           "f16_logits": str(f16_logits) if f16_logits else None, "max_quant_kld": max_quant_kld,
-           "save_logits": str(save_logits) if save_logits else None}
+    job = _gguf_job(path, quant, ref_job, threads, f16_logits, max_quant_kld, save_logits)
     try:
         return run_child("check_gguf", job, log_path or path.with_name(path.name + ".log"))
     except NativeAbort as e:
-        return _finish({"loads": False, "error": str(e),
-                        "failures": [f"llama.cpp aborted while loading or running it: {e}"]})
+        return _aborted(e)
 
 
-def check_gguf_here(job: dict) -> dict:
-    """In the child: load the file in llama.cpp and compare it with the reference."""
+def check_gguf_here(job: dict, more=None) -> dict:
+    """In the child: load the file in llama.cpp and compare it with the reference (sent with the
+    job, or read from `more()` once the file is loaded)."""
     import llama_cpp
 
-    spec = job["ref"]
+    llm, error = _load(llama_cpp, job, CHECK_CONTEXT)
+    spec = job["ref"] if job["ref"] is not None else more()
     ref = Reference(tokenizer=None, eos_ids=set(spec["eos_ids"]), corpus=spec["corpus"], prompts=spec["prompts"],
                     greedy=spec["greedy"], greedy_logits=[np.load(p, mmap_mode="r") for p in spec["greedy_logits"]],
                     held_out=spec["held_out"], held_out_logits=np.load(spec["held_out_logits"], mmap_mode="r"))
-    quant, threads = job["quant"], job["threads"]
-    result: dict = {"failures": []}
     n_ctx = max(len(ref.held_out), max(len(p) + len(g) for p, g in zip(ref.prompts, ref.greedy))) + 8
-    try:
-        # verbose: llama.cpp's log (and the assertion of an abort) goes to the child's log file;
-        # quiet, llama-cpp-python would send it to /dev/null.
-        llm = llama_cpp.Llama(job["path"], n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                              n_threads=threads, n_threads_batch=threads, verbose=True)
-    except Exception as e:  # noqa: BLE001 - any load failure is the finding
-        result.update(loads=False, error=str(e))
-        result["failures"].append(f"does not load in llama.cpp ({e})")
+    if llm is not None and n_ctx > CHECK_CONTEXT:  # a long chat template: load again with room for it
+        llm.close()
+        llm, error = _load(llama_cpp, job, n_ctx)
+    quant = job["quant"]
+    result: dict = {"failures": []}
+    if llm is None:
+        result.update(loads=False, error=error)
+        result["failures"].append(f"does not load in llama.cpp ({error})")
         return _finish(result)
     try:
         result["loads"] = True
@@ -128,6 +151,22 @@ def check_gguf_here(job: dict) -> dict:
         return _finish(result)
     finally:
         llm.close()
+
+
+# Room for the held-out text (HELD_OUT_TOKENS) and a prompt with its greedy continuation.
+CHECK_CONTEXT = 256
+
+
+def _load(llama_cpp, job: dict, n_ctx: int):
+    """(model, None) or (None, why it does not load)."""
+    try:
+        # verbose: llama.cpp's log (and the assertion of an abort) goes to the child's log file;
+        # quiet, llama-cpp-python would send it to /dev/null.
+        return llama_cpp.Llama(job["path"], n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                               logits_all=True, n_threads=job["threads"], n_threads_batch=job["threads"],
+                               verbose=True), None
+    except Exception as e:  # noqa: BLE001 - any load failure is the finding
+        return None, str(e)
 
 
 def _llama_greedy(llm, prompt: list[int], n: int) -> list[int]:

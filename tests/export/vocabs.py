@@ -16,16 +16,18 @@ from tests.conftest import CACHE
 from tests.llama_vendor import test_strings, vendor_models, vocab_file
 
 # vocabulary -> (architecture of the tiny model, chat template in models/templates/, the
-# pre-tokenizer llama.cpp's fingerprint names; None for SentencePiece vocabularies)
+# pre-tokenizer the export must name (None: SentencePiece-style, which has none), and how it is
+# found). llama.cpp's qwen35 test vocabulary is Qwen2's vocabulary with Qwen3.5's splitting: the
+# probe's fingerprint cannot tell the two apart, the splits can.
 VOCABS = {
-    "qwen2": ("qwen2", "Qwen-Qwen2.5-7B-Instruct.jinja", "qwen2"),
-    "qwen35": ("qwen3", "Qwen3.5-4B.jinja", "qwen35"),
-    "llama-bpe": ("llama", "meta-llama-Llama-3.1-8B-Instruct.jinja", "llama-bpe"),
-    "deepseek-llm": ("llama", "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek-llm"),
-    "llama-spm": ("mistral", "mistralai-Mistral-Nemo-Instruct-2407.jinja", None),
-    "gpt-2": ("llama", "HuggingFaceTB-SmolLM3-3B.jinja", "gpt-2"),
-    "starcoder": ("llama", "HuggingFaceTB-SmolLM3-3B.jinja", "starcoder"),
-    "deepseek-coder": ("llama", "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek-coder"),
+    "qwen2": ("qwen2", "Qwen-Qwen2.5-7B-Instruct.jinja", "qwen2", "fingerprint"),
+    "qwen35": ("qwen3", "Qwen3.5-4B.jinja", "qwen35", "splits"),
+    "llama-bpe": ("llama", "meta-llama-Llama-3.1-8B-Instruct.jinja", "llama-bpe", "fingerprint"),
+    "deepseek-llm": ("llama", "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek-llm", "fingerprint"),
+    "llama-spm": ("mistral", "mistralai-Mistral-Nemo-Instruct-2407.jinja", None, None),
+    "gpt-2": ("llama", "HuggingFaceTB-SmolLM3-3B.jinja", "gpt-2", "fingerprint"),
+    "starcoder": ("llama", "HuggingFaceTB-SmolLM3-3B.jinja", "starcoder", "fingerprint"),
+    "deepseek-coder": ("llama", "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek-coder", "fingerprint"),
 }
 ADDS_BOS_BY_DEFAULT = {"llama-bpe", "llama3", "llama-v3"}
 
@@ -39,6 +41,7 @@ def rebuilt_tokenizer(name: str) -> Path:
     """Folder of the HF tokenizer rebuilt from ggml-vocab-<name>.gguf."""
     out = CACHE / f"llama-cpp-python-{version('llama-cpp-python')}" / "tokenizers" / name
     if (out / "tokenizer_config.json").is_file():
+        _plain_class(out / "tokenizer_config.json")
         return out
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer
@@ -63,7 +66,18 @@ def rebuilt_tokenizer(name: str) -> Path:
         config = json.loads(config_path.read_text())
         config["add_bos_token"] = add_bos
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+        _plain_class(config_path)
     return out
+
+
+def _plain_class(config_path: Path) -> None:
+    """transformers 5's family classes rebuild parts of the tokenizer on loading (its
+    Qwen2Tokenizer puts Qwen2's split regex in, over Qwen3.5's): the generic class keeps
+    tokenizer.json as it is."""
+    config = json.loads(config_path.read_text())
+    if config.get("tokenizer_class") != "TokenizersBackend":
+        config["tokenizer_class"] = "TokenizersBackend"
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
 
 def agreed_strings(name: str, tokenizer) -> tuple[list[tuple[str, list[int]]], int]:
