@@ -86,7 +86,11 @@ def vocab_entries(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
         if i in added:
             # llama.cpp matches added tokens on raw text, so they must be stored as they appear.
             if not added[i].normalized:
-                text = tokenizer.decode([i], skip_special_tokens=False)
+                decoded = tokenizer.decode([i], skip_special_tokens=False)
+                # (DeepSeek's added tokens for the bytes that are never UTF-8 on their own
+                # decode to U+FFFD: they stay as stored)
+                if decoded and "\ufffd" not in decoded:
+                    text = decoded
             if added[i].special or _looks_special(text):
                 types.append(gguf.TokenType.CONTROL)
             else:
