@@ -59,7 +59,11 @@ def test_llama_cpp_tokenizes_the_test_vectors_as_expected(name, exported):
     if expected_pre is None:
         assert vocab["model"] == "llama" and "pre" not in vocab
     else:
-        assert vocab["model"] == "gpt2" and (vocab["pre"], vocab["pre_found_by"]) == (expected_pre, found_by)
+        assert vocab["model"] == "gpt2"
+        if isinstance(expected_pre, tuple):  # either is right: they split this tokenizer's text alike
+            assert vocab["pre"] in expected_pre
+        else:
+            assert (vocab["pre"], vocab["pre_found_by"]) == (expected_pre, found_by)
     (artifact,) = manifest["artifacts"]
     assert name in UNCHECKED or artifact["validation"]["passed"], artifact["validation"]
 

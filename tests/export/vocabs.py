@@ -28,7 +28,8 @@ VOCABS = {
     "gpt-2": ("llama", "HuggingFaceTB-SmolLM3-3B.jinja", "gpt-2", "fingerprint"),
     # llama.cpp splits starcoder and smollm alike; transformers' rebuild loses the fingerprint
     "starcoder": ("llama", "HuggingFaceTB-SmolLM3-3B.jinja", "smollm", "splits"),
-    "deepseek-coder": ("llama", "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek-coder", "fingerprint"),
+    # transformers rebuilds deepseek-coder with GPT-2's splitting; then gpt-2 is this tokenizer's name
+    "deepseek-coder": ("llama", "deepseek-ai-DeepSeek-V3.1.jinja", ("deepseek-coder", "gpt-2"), None),
 }
 # Exported without the HF comparison: transformers rebuilds llama-spm imperfectly (its merges
 # split leading space runs differently from .out, and its Metaspace adds no space after special
