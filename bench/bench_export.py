@@ -1,7 +1,8 @@
 """The f16 GGUF export of SmolLM2-135M-Instruct against llama.cpp's own convert_hf_to_gguf.py on
 the same folder, in one run. Each tool runs in its own child process, alternately, `--repeat`
-times; the best wall time of each is kept (a shared machine's load drifts) with the child's peak
-resident memory. Target: `distill export` no slower than the converter, peak memory near one copy
+times; the median and best wall time of each are printed (a shared machine's load drifts) with
+the child's peak resident memory. Targets: `distill export --gguf f16` with its validation (the
+default) at most 1.3x the converter's time (median against median), peak memory near one copy
 of the weights.
 
 llama.cpp's converter is not shipped in any wheel: give its path with --convert or the
@@ -9,6 +10,8 @@ LLAMA_CPP_CONVERT environment variable (it is in llama.cpp's repository, and in 
 llama-cpp-python source distribution under vendor/llama.cpp/). Without it, only ours is timed.
 
     python bench/bench_export.py [--model DIR] [--convert PATH/convert_hf_to_gguf.py] [--repeat 3]
+
+The converter needs `sentencepiece` importable for llama-architecture folders.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +82,8 @@ def main() -> int:
     parser.add_argument("--convert", type=Path, default=os.environ.get("LLAMA_CPP_CONVERT"),
                         help="llama.cpp's convert_hf_to_gguf.py (or $LLAMA_CPP_CONVERT)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only-ratio", action="store_true",
+                        help="time only the validated export and the converter (a busy machine)")
     args = parser.parse_args()
 
     model = args.model or default_model()
@@ -93,31 +99,43 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     runs = {
+        "distill export --gguf f16 (validated)": lambda: [
+            sys.executable, "-m", "distill", "export", "--quiet", "--model", str(model), "--out", str(work / "checked"),
+            "--gguf", "f16", "--overwrite"],
         "distill export --gguf f16 --no-validate": lambda: [
             sys.executable, "-m", "distill", "export", "--quiet", "--model", str(model), "--out", str(work / "cli"),
             "--gguf", "f16", "--no-validate", "--overwrite"],
         "GGUF writer alone": lambda: [
             sys.executable, "-c", WRITER_ONLY.format(repo=str(REPO), model=str(model), out=str(work / "writer.gguf"))],
     }
+    if args.only_ratio:
+        runs = {name: runs[name] for name in ("distill export --gguf f16 (validated)",)}
     if convert:
         runs["llama.cpp convert_hf_to_gguf.py"] = lambda: [
             sys.executable, str(convert), str(model), "--outtype", "f16", "--outfile", str(work / "llama.gguf")]
-    best: dict[str, tuple[float, int]] = {}
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    peak: dict[str, int] = {name: 0 for name in runs}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         for round_ in range(args.repeat):
             for name, command in runs.items():
                 wall, rss = timed(command(), env=env if name.startswith("distill") else None)
                 print(f"  round {round_ + 1}: {name}: {wall:.2f} s, peak RSS {rss / 2**20:.0f} MiB", flush=True)
-                if name not in best or wall < best[name][0]:
-                    best[name] = (wall, max(rss, best.get(name, (0, 0))[1]))
-        print(f"\nmodel: {model} ({weights / 2**20:.0f} MiB of safetensors)")
-        baseline = best.get("llama.cpp convert_hf_to_gguf.py")
-        for name, (wall, rss) in best.items():
-            ratio = f", {baseline[0] / wall:.2f}x the converter's speed" if baseline else ""
-            print(f"{name:42s} best {wall:6.2f} s{ratio}; peak RSS {rss / 2**20:5.0f} MiB = "
-                  f"{rss / weights:.2f}x the safetensors size")
-        if convert:
+                walls[name].append(wall)
+                peak[name] = max(peak[name], rss)
+        print(f"\nmodel: {model} ({weights / 2**20:.0f} MiB of safetensors), {args.repeat} rounds")
+        converter = "llama.cpp convert_hf_to_gguf.py"
+        baseline = statistics.median(walls[converter]) if convert else None
+        for name, times in walls.items():
+            median = statistics.median(times)
+            ratio = f", {median / baseline:.2f}x the converter's time" if baseline else ""
+            print(f"{name:42s} median {median:6.2f} s (best {min(times):6.2f}){ratio}; peak RSS "
+                  f"{peak[name] / 2**20:5.0f} MiB = {peak[name] / weights:.2f}x the safetensors size")
+        if baseline:
+            ratio = statistics.median(walls["distill export --gguf f16 (validated)"]) / baseline
+            print(f"validated export / converter: {ratio:.2f}x (target: at most 1.30x) "
+                  f"{'PASS' if ratio <= 1.3 else 'FAIL'}")
+        if convert and "GGUF writer alone" in runs:
             print("tensors identical to llama.cpp's file:",
                   same_tensors(work / "writer.gguf", work / "llama.gguf"))
     finally:

@@ -2,33 +2,38 @@
 check each against the source model, and package them for a target device.
 
 Everything is built in a hidden temporary folder beside `--out` and renamed into place at the
-end: a bad request or a crash leaves nothing that looks finished."""
+end: a bad request or a crash leaves nothing that looks finished. llama.cpp runs in child
+processes (export/native.py), so even an abort inside it ends the export with a clear error."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from distill.core.errors import GateFailed
-from distill.core.io import TMP_PREFIX, atomic_dir, sha256_path, write_json
-from distill.core.progress import info
-from distill.core.records import StageRecord
-
-from .build import build_ggufs, build_onnx_folders, validate_all
 from .config import ExportConfig
-from .gguf_info import describe_gguf
-from .package import (artifact_entry, chat_template_of, now, tool_versions, usual_permissions,
-                      write_card_files, write_tarball)
-from .plan import (check_out_folder, choose_context, choose_formats, precheck_fit,
-                   remove_stale_temporaries, require_runtimes, validation_threads)
-from .profiles import fit_report, load_profile, memory_need, profile_summary, require_fit
-from .reference import build_reference
-from .source import model_facts, resolve_model
 
 
 def run(config: ExportConfig) -> dict:
+    # Imported here: llama.cpp's child processes (export/native.py) import this package and need
+    # none of it.
+    from distill.core.errors import GateFailed
+    from distill.core.io import TMP_PREFIX, atomic_dir, sha256_path, write_json
+    from distill.core.progress import info
+    from distill.core.records import StageRecord
+
+    from .build import build_ggufs, build_onnx_folders, validate_all
+    from .gguf_info import describe_gguf
+    from .package import (artifact_entry, chat_template_of, now, tool_versions, usual_permissions,
+                          write_card_files, write_tarball)
+    from .plan import (check_out_folder, choose_context, choose_formats, precheck_fit,
+                       remove_stale_temporaries, require_runtimes, validation_threads)
+    from .profiles import fit_report, load_profile, memory_need, profile_summary, require_fit
+    from .reference import build_reference
+    from .source import model_facts, resolve_model
+
     # Everything that can be wrong with the request is found before any work starts.
     out = Path(config.out)
     check_out_folder(out, config.overwrite)
@@ -50,18 +55,19 @@ def run(config: ExportConfig) -> dict:
 
         with StageRecord("export", config, out) as rec:
             with atomic_dir(out, overwrite=True) as build:
-                reference = None
-                if config.validate:
+                # The HF reference is computed in a thread while the GGUF files are written
+                # (torch and the writer both spend their time outside the GIL).
+                pending = ThreadPoolExecutor(1).submit(
+                    build_reference, folder, new_tokens=16, threads=check_threads,
+                    trust_remote_code=config.trust_remote_code) if config.validate else None
+                if pending is not None:
                     info("Computing the reference outputs of the source model")
-                    reference = build_reference(folder, new_tokens=16, threads=check_threads,
-                                                    trust_remote_code=config.trust_remote_code)
-
                 artifacts, vocab, base_f16 = build_ggufs(config, folder, hf_config, facts, gguf_types, build,
                                                          work, threads)
                 artifacts += build_onnx_folders(config, folder, onnx_precisions, build, work, context)
 
-                results, base_result = ({}, None) if reference is None else validate_all(
-                    artifacts, reference, base_f16, check_threads, config.max_quant_kld)
+                results, base_result = ({}, None) if pending is None else validate_all(
+                    artifacts, pending, base_f16, check_threads, config.max_quant_kld, work)
                 failures = [f"base f16: {f}" for f in (base_result or {}).get("failures", [])]
                 entries = []
                 for path, fmt, quant in artifacts:

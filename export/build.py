@@ -3,6 +3,7 @@ validate everything (f16 first, since every quantized file is compared with it).
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,7 @@ from .plan import needs_base_f16
 from .quantize import quantize
 from .reference import Reference
 from .source import ModelFacts
-from .validate import check_gguf, check_onnx
+from .validate import check_gguf, check_onnx, finish_check_gguf, reference_job, start_check_gguf
 
 Artifact = tuple[Path, str, str]  # (path, format, quant)
 
@@ -59,20 +60,35 @@ def build_onnx_folders(config: ExportConfig, folder: Path, precisions: list[str]
     return artifacts
 
 
-def validate_all(artifacts: list[Artifact], reference: Reference, base_f16: Optional[Path],
-                 threads: int, max_quant_kld: float) -> tuple[dict[Path, dict], Optional[dict]]:
-    """Validation result per artifact path, and that of the hidden base f16 file if there is one."""
+def validate_all(artifacts: list[Artifact], reference: "Future[Reference]", base_f16: Optional[Path],
+                 threads: int, max_quant_kld: float, work: Path) -> tuple[dict[Path, dict], Optional[dict]]:
+    """Validation result per artifact path, and that of the hidden base f16 file if there is one.
+    Each GGUF is checked in a child process (validate.check_gguf); the first one starts loading
+    while the HF reference is still being computed. The f16 file's held-out logits stay in
+    `work` for the quantized files' comparison."""
     results: dict[Path, dict] = {}
-    f16_logits, base_result = None, None
+    base_result = None
+    f16_logits = work / "f16-logits.npy"
+    ggufs = sorted([a for a in artifacts if a[1] == "gguf"], key=lambda a: a[2] != "f16")
+    first = (base_f16, "f16") if base_f16 is not None else (ggufs[0][0], ggufs[0][2]) if ggufs else None
+    child = None
+    if first is not None and first[1] in GGUF_FLOAT_TYPES:
+        child = start_check_gguf(first[0], first[1], threads, max_quant_kld,
+                                 f16_logits if first[1] == "f16" else None, work / f"check-{first[0].name}.log")
+    ref_job = reference_job(reference.result(), work / "reference")
     if base_f16 is not None:
         info("Checking the base f16 GGUF against the source model")
-        base_result, f16_logits = check_gguf(base_f16, "f16", reference, threads, None, max_quant_kld)
-    for path, fmt, quant in sorted(artifacts, key=lambda a: (a[1] != "gguf", a[2] != "f16")):
+        base_result = finish_check_gguf(child, ref_job)
+        child = None
+    for path, fmt, quant in ggufs + [a for a in artifacts if a[1] != "gguf"]:
         info(f"Validating {path.name}")
         if fmt == "onnx":
-            results[path] = check_onnx(path, quant, reference)
-            continue
-        results[path], logits = check_gguf(path, quant, reference, threads, f16_logits, max_quant_kld)
-        if quant == "f16":
-            f16_logits = logits
+            results[path] = check_onnx(path, quant, reference.result())
+        elif child is not None and path == first[0]:
+            results[path] = finish_check_gguf(child, ref_job)
+            child = None
+        else:
+            results[path] = check_gguf(path, quant, ref_job, threads, f16_logits if f16_logits.is_file() else None,
+                                       max_quant_kld, f16_logits if quant == "f16" else None,
+                                       work / f"check-{path.name}.log")
     return results, base_result

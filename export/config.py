@@ -9,6 +9,8 @@ from typing import Optional
 from distill.core.config import option
 from distill.core.errors import UserError
 
+from .gguf_pre import PRE_TOKENIZERS
+
 # The float types the GGUF writer produces itself; every other type is made from the f16 file by
 # llama.cpp's own quantizer.
 GGUF_FLOAT_TYPES = ("f32", "f16", "bf16")
@@ -18,9 +20,8 @@ GGUF_TYPES = GGUF_FLOAT_TYPES + GGUF_QUANT_TYPES
 ONNX_PRECISIONS = ("fp32", "int4")
 DEFAULT_GGUF = ("f16", "q8_0", "q4_k_m")
 DEFAULT_ONNX = ("int4",)
-# tokenizer.ggml.pre values that llama.cpp implements for byte-level BPE vocabularies like ours.
-GGUF_PRE_TOKENIZERS = ("qwen2", "llama-bpe", "llama3", "smollm", "gpt-2", "deepseek-r1-qwen",
-                       "deepseek-llm", "starcoder", "refact", "olmo", "gpt-4o", "default")
+# tokenizer.ggml.pre values that llama.cpp implements for byte-level BPE vocabularies.
+GGUF_PRE_TOKENIZERS = PRE_TOKENIZERS
 
 
 @dataclass

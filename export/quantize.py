@@ -1,4 +1,5 @@
-"""Quantization by llama.cpp's own quantizer, through llama-cpp-python's `llama_model_quantize`.
+"""Quantization by llama.cpp's own quantizer, through llama-cpp-python's `llama_model_quantize`,
+in a child process (export/native.py): an abort inside llama.cpp becomes a one-line error.
 
 llama.cpp chooses the type of each tensor itself (q4_k_m keeps some tensors at q6_k, and rows
 that are not a multiple of the k-quant block size fall back to other types); `describe_gguf`
@@ -11,16 +12,17 @@ import ctypes
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
-import gguf
 
-from distill.core.errors import UserError
+from distill.core.errors import GateFailed, UserError
+
+from .native import NativeAbort, last_words, run_child
 
 
 @contextlib.contextmanager
 def native_output_to(log_path: Path) -> Iterator[None]:
-    """Send what C libraries print on stdout/stderr to `log_path` (llama.cpp logs every tensor)."""
+    """Send what C libraries print on stdout/stderr to `log_path` (the ONNX builder's log)."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
@@ -46,20 +48,59 @@ def log_tail(log_path: Path, lines: int = 3) -> str:
 
 
 def llama_file_type(quant: str) -> int:
+    import gguf
     return int(gguf.LlamaFileType[f"MOSTLY_{quant.upper()}"])
 
 
-def quantize(src: Path, dst: Path, quant: str, threads: int, log_path: Path) -> None:
-    """Quantize the f16/f32 GGUF `src` into `dst` with llama.cpp's quantizer."""
+def quantize(src: Path, dst: Path, quant: str, threads: int = 1, log_path: Optional[Path] = None,
+             imatrix: Optional[Path] = None) -> None:
+    """Quantize the f16/f32 GGUF `src` into `dst` with llama.cpp's quantizer. `imatrix` is an
+    .npz of importance vectors by GGUF tensor name (float32, one value per input column)."""
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401
     except ImportError:
         raise UserError("field 'gguf': quantized types need llama-cpp-python "
                         "(pip install llama-cpp-python)") from None
+    log_path = log_path or dst.with_name(dst.name + ".log")
+    job = {"src": str(src), "dst": str(dst), "ftype": llama_file_type(quant), "threads": threads,
+           "imatrix": str(imatrix) if imatrix else None}
+    try:
+        result = run_child("quantize", job, log_path)
+    except NativeAbort as e:
+        dst.unlink(missing_ok=True)
+        raise GateFailed(f"{dst.name}: llama.cpp aborted while quantizing to {quant}: {e}") from None
+    if result["status"] != 0 or not dst.is_file():
+        dst.unlink(missing_ok=True)
+        raise GateFailed(f"{dst.name}: llama.cpp could not quantize to {quant} (status {result['status']}): "
+                         f"{last_words(log_path)}")
+
+
+def _imatrix_entries(llama_cpp, path: str):
+    """The C array llama.cpp reads an importance matrix from (ended by a null name); the numpy
+    arrays are returned too, since the C side only points into them."""
+    import numpy as np
+    with np.load(path) as data:
+        arrays = {name: np.ascontiguousarray(data[name], dtype=np.float32).ravel() for name in data.files}
+    entries = (llama_cpp.llama_model_imatrix_data * (len(arrays) + 1))()
+    for i, (name, values) in enumerate(arrays.items()):
+        entries[i].name = name.encode()
+        entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = values.size
+    entries[len(arrays)].name = None
+    return entries, arrays
+
+
+def quantize_here(job: dict) -> dict:
+    """In the child: run llama.cpp's quantizer."""
+    import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_file_type(quant)
-    params.nthread = threads
-    with native_output_to(log_path):
-        status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if status != 0 or not dst.is_file():
-        raise RuntimeError(f"llama.cpp could not quantize to {quant} (status {status}): {log_tail(log_path)}")
+    params.ftype = job["ftype"]
+    params.nthread = job["threads"]
+    keep = None
+    if job.get("imatrix"):
+        entries, keep = _imatrix_entries(llama_cpp, job["imatrix"])
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep = (entries, keep)
+    status = llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params))
+    del keep
+    return {"status": int(status)}

@@ -15,6 +15,8 @@ SUPPORTED = {
     "llama": ("llama", "LlamaForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
     "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    # llama.cpp's converter writes Mistral as llama: the same layers and rotary layout.
+    "mistral": ("llama", "MistralForCausalLM"),
 }
 
 

@@ -27,6 +27,8 @@ ARCHS = {
                                           num_key_value_heads=2, head_dim=16)),
     "llama": ("LlamaConfig", "smollm2", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
                                              num_key_value_heads=2)),
+    "mistral": ("MistralConfig", "smollm2", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                                 num_key_value_heads=2)),
     "qwen3_moe": ("Qwen3MoeConfig", "demo", dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
                                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                                  num_experts=8, num_experts_per_tok=2, decoder_sparse_step=1)),

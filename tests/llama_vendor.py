@@ -60,12 +60,13 @@ def vocab_file(name: str) -> Path:
 
 def test_strings(name: str) -> list[tuple[str, list[int]]]:
     """llama.cpp's test strings of a vocabulary and the token ids it expects for each (the
-    `.inp` file separates strings by a marker line, the `.out` file holds one id list a line)."""
+    `.inp` file ends every string with a marker line, the `.out` file holds one id list a line,
+    an empty line for the empty string)."""
     base = vocab_file(name)
     marker = "\n__ggml_vocab_test__\n"
     texts = base.with_suffix(".gguf.inp").read_text(encoding="utf-8").split(marker)
-    expected = base.with_suffix(".gguf.out").read_text(encoding="utf-8").split(marker)
-    if texts[-1] == "" and expected[-1].strip() == "":  # both files end with the marker
+    expected = base.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
+    if texts[-1] == "" and expected[-1] == "":  # both files end with a separator
         texts, expected = texts[:-1], expected[:-1]
     if len(texts) != len(expected):
         raise ValueError(f"{base}: {len(texts)} test strings but {len(expected)} expected id lists")
