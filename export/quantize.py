@@ -13,9 +13,13 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from typing import Optional
+
 import gguf
 
 from distill.core.errors import UserError
+
+from .config import NEEDS_IMATRIX
 
 
 @contextlib.contextmanager
@@ -49,16 +53,26 @@ def llama_file_type(quant: str) -> int:
     return int(gguf.LlamaFileType[f"MOSTLY_{quant.upper()}"])
 
 
-def quantize(src: Path, dst: Path, quant: str, threads: int, log_path: Path) -> None:
-    """Quantize the f16/f32 GGUF `src` into `dst` with llama.cpp's quantizer."""
+def quantize(src: Path, dst: Path, quant: str, threads: int, log_path: Path,
+             imatrix: Optional[Path] = None) -> None:
+    """Quantize the f16/f32 GGUF `src` into `dst` with llama.cpp's quantizer, calibrated by the
+    importance matrix file `imatrix` when one is given."""
     try:
         import llama_cpp
     except ImportError:
         raise UserError("field 'gguf': quantized types need llama-cpp-python "
                         "(pip install llama-cpp-python)") from None
+    if imatrix is None and quant in NEEDS_IMATRIX:
+        raise UserError(f"field 'gguf': {quant} needs an importance matrix (--imatrix)")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_file_type(quant)
     params.nthread = threads
+    calibration = None
+    if imatrix is not None:
+        from .imatrix import QuantizerImatrix, read_imatrix
+        calibration = QuantizerImatrix(read_imatrix(imatrix))  # must outlive the call
+        params.imatrix = ctypes.cast(calibration.array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        params.kv_overrides = ctypes.cast(calibration.overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     with native_output_to(log_path):
         status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if status != 0 or not dst.is_file():

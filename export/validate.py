@@ -7,6 +7,7 @@ same greedy continuations (other precisions are measured, not required to match)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,49 @@ from .reference import Reference, compare_greedy, kl_and_top1
 # artifact may show against the fp32 HF model: rounding of the weights, nothing more.
 TIE_TOLERANCE = {"f32": 2e-3, "f16": 5e-3, "bf16": 3e-2, "fp32": 1e-3}
 FLOAT_MAX_KLD = {"f32": 1e-3, "f16": 1e-2, "bf16": 5e-2, "fp32": 1e-3}
+
+
+@dataclass
+class HeldOut:
+    """The held-out calibration texts; the f16 file's check stores its logits in `store` (a
+    float32 .npy memory map on disk, [tokens, vocab]) and every other file is compared with them."""
+    sequences: list[list[int]]
+    store: Path
+
+    @property
+    def longest(self) -> int:
+        return max(len(s) for s in self.sequences)
+
+
+def heldout_check(llm, heldout: HeldOut, is_reference: bool) -> Optional[dict]:
+    """Mean KL divergence from f16 and top-1 agreement over the held-out calibration texts,
+    each text evaluated on its own from position 0, as it was calibrated."""
+    total = sum(len(s) for s in heldout.sequences)
+    if is_reference:
+        store = np.lib.format.open_memmap(heldout.store, mode="w+", dtype=np.float32,
+                                          shape=(total, llm.n_vocab()))
+    elif heldout.store.is_file():
+        store = np.load(heldout.store, mmap_mode="r")
+    else:
+        return None
+    kl_sum = top1_sum = 0.0
+    offset = 0
+    for sequence in heldout.sequences:
+        llm.reset()
+        llm.eval(sequence)
+        logits = np.array(llm.scores[: len(sequence)], dtype=np.float32)
+        if is_reference:
+            store[offset:offset + len(sequence)] = logits
+        else:
+            kl, top1 = kl_and_top1(np.asarray(store[offset:offset + len(sequence)]), logits)
+            kl_sum += kl * len(sequence)
+            top1_sum += top1 * len(sequence)
+        offset += len(sequence)
+    if is_reference:
+        store.flush()
+        return None
+    return {"mean_kld": round(kl_sum / total, 6), "top1_agreement": round(top1_sum / total, 4),
+            "tokens": total, "texts": len(heldout.sequences)}
 
 
 def _token_check(ref: Reference, encode_plain, encode_default) -> dict:
@@ -41,12 +85,14 @@ def _finish(result: dict) -> dict:
 
 
 def check_gguf(path: Path, quant: str, ref: Reference, threads: int,
-               f16_logits: Optional[np.ndarray], max_quant_kld: float) -> tuple[dict, Optional[np.ndarray]]:
+               f16_logits: Optional[np.ndarray], max_quant_kld: float,
+               heldout: Optional[HeldOut] = None) -> tuple[dict, Optional[np.ndarray]]:
     """Validation results, and the held-out logits (the f16 ones are what quants compare with)."""
     import llama_cpp
 
     result: dict = {"failures": []}
-    n_ctx = max(len(ref.held_out), max(len(p) + len(g) for p, g in zip(ref.prompts, ref.greedy))) + 8
+    n_ctx = max(len(ref.held_out), max(len(p) + len(g) for p, g in zip(ref.prompts, ref.greedy)),
+                heldout.longest if heldout else 0) + 8
     try:
         llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                               n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -83,6 +129,10 @@ def check_gguf(path: Path, quant: str, ref: Reference, threads: int,
                                 "tokens": len(ref.held_out)}
             if kl > max_quant_kld:
                 result["failures"].append(f"KL divergence from f16 {kl:.4g} > max_quant_kld {max_quant_kld}")
+        if heldout is not None:
+            measured = heldout_check(llm, heldout, is_reference=quant == "f16")
+            if measured:
+                result["vs_f16_heldout"] = measured
         return _finish(result), logits
     finally:
         llm.close()
