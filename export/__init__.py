@@ -20,7 +20,7 @@ from .build import build_ggufs, build_onnx_folders, build_uncalibrated, validate
 from .calibration import resolve_calibration
 from .config import GGUF_FLOAT_TYPES, ExportConfig
 from .gguf_info import describe_gguf
-from .imatrix import prepare_imatrix
+from .imatrix import check_names, model_matrices, prepare_imatrix, read_imatrix
 from .package import (artifact_entry, chat_template_of, now, plot_kld_vs_size, tool_versions,
                       usual_permissions, write_card_files, write_tarball)
 from .plan import (check_out_folder, choose_context, choose_formats, drop_unfitting_candidates,
@@ -60,6 +60,9 @@ def run(config: ExportConfig) -> dict:
                                               config.imatrix_heldout, config.imatrix_heldout_tokens,
                                               config.trust_remote_code)
         require_imatrix(gguf_types, calibration is not None, config.imatrix)
+        if calibration is not None and calibration.imatrix_file is not None:
+            check_names(read_imatrix(calibration.imatrix_file), model_matrices(folder, hf_config, facts),
+                        str(calibration.imatrix_file))
 
         with StageRecord("export", config, out) as rec:
             with atomic_dir(out, overwrite=True) as build:
