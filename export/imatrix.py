@@ -40,6 +40,7 @@ class Imatrix:
     chunk_count: int
     chunk_size: int
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time: what the pass costs on a machine shared with others
     device: str = ""
 
     def means(self) -> dict[str, np.ndarray]:
@@ -98,7 +99,7 @@ def compute_imatrix(folder: Path, texts: list[np.ndarray], facts: ModelFacts, da
     use_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_gpu else torch.float32
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # our own progress bar says what is happening
     try:
@@ -113,10 +114,14 @@ def compute_imatrix(folder: Path, texts: list[np.ndarray], facts: ModelFacts, da
     state: dict = {}
 
     def hook(module, args, name):
-        x = args[0][state["valid"]].float()  # [real tokens, columns]
-        square_sums = x.square().sum(0, dtype=torch.float64)
-        sums[name] = square_sums if sums[name] is None else sums[name] + square_sums
-        counts[name] += x.shape[0]
+        x = args[0]
+        if state.get("input") is not x:  # q, k and v (and gate and up) share one input: square it once
+            flat = x.reshape(-1, x.shape[-1]).float()
+            # A matrix-vector product with the 0/1 mask of real tokens sums the squares of those
+            # rows without copying them out; each batch's float32 sum goes into a float64 total.
+            state["input"], state["squares"] = x, (state["valid"] @ flat.square()).double()
+        sums[name] = state["squares"] if sums[name] is None else sums[name] + state["squares"]
+        counts[name] += state["tokens"]
 
     modules = dict(model.named_modules())
     handles = [modules[m].register_forward_pre_hook(lambda mod, args, n=n: hook(mod, args, n))
@@ -133,8 +138,10 @@ def compute_imatrix(folder: Path, texts: list[np.ndarray], facts: ModelFacts, da
                 ids = torch.zeros((len(batch), width), dtype=torch.long)
                 for row, i in enumerate(batch):
                     ids[row, :lengths[i]] = torch.as_tensor(texts[i], dtype=torch.long)
-                state["valid"] = (torch.arange(width)[None, :] < torch.tensor([lengths[i] for i in batch])[:, None]).to(device)
+                valid = torch.arange(width)[None, :] < torch.tensor([lengths[i] for i in batch])[:, None]
+                state.update(valid=valid.reshape(-1).float().to(device), tokens=int(valid.sum()), input=None)
                 decoder(input_ids=ids.to(device), use_cache=False)
+                state.update(input=None, squares=None)
                 advance(sum(lengths[i] for i in batch))
     finally:
         for h in handles:
@@ -152,7 +159,7 @@ def compute_imatrix(folder: Path, texts: list[np.ndarray], facts: ModelFacts, da
     tokens = sum(lengths)
     return Imatrix(sums=result, counts={n: np.array([c], dtype=np.int64) for n, c in counts.items()},
                    datasets=[dataset], chunk_count=len(texts), chunk_size=max(1, round(tokens / len(texts))),
-                   seconds=round(time.time() - started, 2),
+                   seconds=round(time.time() - started, 2), cpu_seconds=round(time.process_time() - cpu_started, 2),
                    device=torch.cuda.get_device_name(0) if use_gpu else f"CPU ({torch.get_num_threads()} threads)")
 
 
@@ -292,5 +299,6 @@ def prepare_imatrix(calibration, folder: Path, hf_config: dict, facts: ModelFact
                              "entries": len(matrix.sums), "missing": missing, "datasets": matrix.datasets,
                              "chunk_count": matrix.chunk_count, "chunk_size": matrix.chunk_size,
                              "tokens": int(max(int(c.max()) for c in matrix.counts.values())),
-                             "seconds": matrix.seconds or None, "device": matrix.device or None}}
+                             "seconds": matrix.seconds or None, "cpu_seconds": matrix.cpu_seconds or None,
+                             "device": matrix.device or None}}
     return path, described
