@@ -60,15 +60,16 @@ def demo_traces(n: int, out: Path) -> Path:
     return out
 
 
-def export(model: Path, traces: Path, out: Path, problems: int, threads: int) -> dict:
+def export(model: Path, traces: Path, out: Path, problems: int, threads: int, types: list[str],
+           heldout_tokens: int) -> dict:
     from distill.core.errors import GateFailed
     from export import run
     from export.config import ExportConfig
 
-    config = ExportConfig(model=str(model), out=str(out), gguf=["f16", *TYPES], imatrix=str(traces),
+    config = ExportConfig(model=str(model), out=str(out), gguf=["f16", *types], imatrix=str(traces),
                           imatrix_compare=True, imatrix_texts=problems,
                           imatrix_heldout=HELDOUT_PROBLEMS / (problems + HELDOUT_PROBLEMS),
-                          imatrix_heldout_tokens=4096, threads=threads, max_quant_kld=100.0, name="bench")
+                          imatrix_heldout_tokens=heldout_tokens, threads=threads, max_quant_kld=100.0, name="bench")
     config.check()
     started = time.time()
     try:
@@ -80,7 +81,7 @@ def export(model: Path, traces: Path, out: Path, problems: int, threads: int) ->
     return manifest
 
 
-def plain_forward(model: Path, traces: Path, problems: int, threads: int) -> tuple[float, float]:
+def plain_forward(model: Path, traces: Path, problems: int, threads: int) -> tuple[float, float] | None:
     """(wall, CPU) seconds of the same load and forward passes as the matrix computation, without
     the hooks: the baseline the matrix's cost is compared with in the same run."""
     import torch
@@ -116,9 +117,10 @@ def table(manifest: dict, label: str, check_targets: bool, baseline: tuple[float
     print(f"calibration: {cal['texts']} traces, {cal['tokens']:,} tokens; held out: {cal['heldout_texts']} traces, "
           f"{cal['heldout_tokens']:,} tokens measured; matrix {matrix['entries']} entries, sha256 "
           f"{matrix['sha256'][:16]}; export {manifest['wall_seconds']} s in all")
-    print(f"matrix: {matrix['seconds']} s wall, {matrix['cpu_seconds']} CPU-s on {matrix['device']}; the same load and "
-          f"forward passes without hooks: {baseline[0]} s wall, {baseline[1]} CPU-s (ratio "
-          f"{matrix['cpu_seconds'] / max(baseline[1], 1e-9):.2f} in CPU time)\n")
+    print(f"matrix: {matrix['seconds']} s wall, {matrix['cpu_seconds']} CPU-s on {matrix['device']}, "
+          f"{1000 * matrix['cpu_seconds'] / cal['tokens']:.2f} CPU-ms per token" + (
+              "" if baseline is None else f"; the same load and forward passes without hooks: {baseline[0]} s wall, "
+              f"{baseline[1]} CPU-s (ratio {matrix['cpu_seconds'] / max(baseline[1], 1e-9):.2f} in CPU time)") + "\n")
     print("| type | bytes | tensor types (with matrix) | KLD with | top-1 with | bytes without | tensor types without "
           "| KLD without | top-1 without | KLD ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -163,10 +165,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--demo-student", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the exports in this folder")
+    parser.add_argument("--types", default=",".join(TYPES), help="GGUF types to measure")
+    parser.add_argument("--heldout-tokens", type=int, default=4096, help="held-out tokens measured per file")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the hook-free forward pass")
     args = parser.parse_args()
 
     import torch
     torch.set_num_threads(args.threads)
+    types = [t.strip() for t in args.types.split(",") if t.strip()]
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench-imatrix-") as tmp:
         work = args.keep or Path(tmp)
@@ -180,8 +186,9 @@ def main() -> int:
             else:
                 traces = gsm8k_traces(SHARED_BENCHMARKS / "gsm8k_train.jsonl", args.problems + HELDOUT_PROBLEMS,
                                       work / "gsm8k-traces.jsonl")
-                manifest = export(folder, traces, work / "smollm2", args.problems, args.threads)
-                baseline = plain_forward(folder, traces, args.problems, args.threads)
+                manifest = export(folder, traces, work / "smollm2", args.problems, args.threads, types,
+                                  args.heldout_tokens)
+                baseline = None if args.no_baseline else plain_forward(folder, traces, args.problems, args.threads)
                 ok &= table(manifest, f"SmolLM2-135M-Instruct on {args.problems} GSM8K traces", True, baseline,
                             args.threads)
         if args.model in ("demo", "both"):
@@ -191,8 +198,8 @@ def main() -> int:
             kind = "trained demo student" if (student / "train.json").is_file() else \
                 "demo-student-base (no trained demo student found; the pretrained base stands in)"
             traces = demo_traces(args.problems + HELDOUT_PROBLEMS, work / "demo-traces.jsonl")
-            manifest = export(student, traces, work / "demo", args.problems, args.threads)
-            baseline = plain_forward(student, traces, args.problems, args.threads)
+            manifest = export(student, traces, work / "demo", args.problems, args.threads, types, args.heldout_tokens)
+            baseline = None if args.no_baseline else plain_forward(student, traces, args.problems, args.threads)
             table(manifest, f"{kind}: {student}, on {args.problems} demo-task traces", False, baseline, args.threads)
     return 0 if ok else 1
 

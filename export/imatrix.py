@@ -28,7 +28,7 @@ from distill.core.progress import progress_bar
 from .gguf_writer import ARCHES
 from .source import ModelFacts
 
-BATCH_TOKENS = 4096  # padded tokens per forward pass: activations stay small beside the weights
+BATCH_TOKENS = 2048  # padded tokens per forward pass: activations stay small beside the weights
 KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"
 
 
