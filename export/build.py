@@ -9,23 +9,23 @@ from typing import Optional
 
 from distill.core.progress import info
 
-from .config import GGUF_FLOAT_TYPES, ExportConfig
+from .config import GGUF_FLOAT_TYPES, NEEDS_IMATRIX, ExportConfig
 from .gguf_writer import write_gguf
 from .onnx_export import build_onnx
 from .plan import needs_base_f16
 from .quantize import quantize
 from .reference import Reference
 from .source import ModelFacts
-from .validate import check_gguf, check_onnx, finish_check_gguf, reference_job, start_check_gguf
+from .validate import HeldOut, check_gguf, check_onnx, finish_check_gguf, reference_job, start_check_gguf
 
 Artifact = tuple[Path, str, str]  # (path, format, quant)
 
 
 def build_ggufs(config: ExportConfig, folder: Path, hf_config: dict, facts: ModelFacts,
-                gguf_types: list[str], build: Path, work: Path, threads: int
-                ) -> tuple[list[Artifact], dict, Optional[Path]]:
+                gguf_types: list[str], build: Path, work: Path, threads: int,
+                imatrix: Optional[Path] = None) -> tuple[list[Artifact], dict, Optional[Path]]:
     """The GGUF files, the vocabulary facts, and the f16 file kept aside for quantizing when f16
-    itself was not asked for."""
+    itself was not asked for. With `imatrix`, every quantized file is calibrated by it."""
     artifacts: list[Artifact] = []
     vocab: dict = {}
     base_f16 = work / "base-f16.gguf" if needs_base_f16(gguf_types) and "f16" not in gguf_types else None
@@ -42,10 +42,24 @@ def build_ggufs(config: ExportConfig, folder: Path, hf_config: dict, facts: Mode
     source = base_f16 or build / f"{config.name}-f16.gguf"
     for quant in [t for t in gguf_types if t not in GGUF_FLOAT_TYPES]:
         path = build / f"{config.name}-{quant}.gguf"
-        info(f"Quantizing {path.name} with llama.cpp")
-        quantize(source, path, quant, threads, work / "quantize.log")
+        info(f"Quantizing {path.name} with llama.cpp" + (" and the importance matrix" if imatrix else ""))
+        quantize(source, path, quant, threads, work / "quantize.log", imatrix)
         artifacts.append((path, "gguf", quant))
     return artifacts, vocab, base_f16
+
+
+def build_uncalibrated(config: ExportConfig, gguf_types: list[str], build: Path, work: Path,
+                       base_f16: Optional[Path], threads: int) -> list[Artifact]:
+    """For --imatrix-compare: each quantized type again without the matrix (where llama.cpp
+    allows that), kept out of the export and only measured."""
+    source = base_f16 or build / f"{config.name}-f16.gguf"
+    artifacts = []
+    for quant in [t for t in gguf_types if t not in GGUF_FLOAT_TYPES and t not in NEEDS_IMATRIX]:
+        path = work / f"uncalibrated-{quant}.gguf"
+        info(f"Quantizing {quant} without the importance matrix, for comparison")
+        quantize(source, path, quant, threads, work / "quantize.log")
+        artifacts.append((path, "gguf", quant))
+    return artifacts
 
 
 def build_onnx_folders(config: ExportConfig, folder: Path, precisions: list[str], build: Path,
@@ -61,11 +75,13 @@ def build_onnx_folders(config: ExportConfig, folder: Path, precisions: list[str]
 
 
 def validate_all(artifacts: list[Artifact], reference: "Future[Reference]", base_f16: Optional[Path],
-                 threads: int, max_quant_kld: float, work: Path) -> tuple[dict[Path, dict], Optional[dict]]:
+                 threads: int, max_quant_kld: float, work: Path, heldout: Optional[HeldOut] = None
+                 ) -> tuple[dict[Path, dict], Optional[dict]]:
     """Validation result per artifact path, and that of the hidden base f16 file if there is one.
     Each GGUF is checked in a child process (validate.check_gguf); the first one starts loading
     while the HF reference is still being computed. The f16 file's held-out logits stay in
-    `work` for the quantized files' comparison."""
+    `work` for the quantized files' comparison. With `heldout`, GGUF files are also measured
+    against f16 on the held-out calibration texts."""
     results: dict[Path, dict] = {}
     base_result = None
     f16_logits = work / "f16-logits.npy"
@@ -74,7 +90,8 @@ def validate_all(artifacts: list[Artifact], reference: "Future[Reference]", base
     child = None
     if first is not None and first[1] in GGUF_FLOAT_TYPES:
         child = start_check_gguf(first[0], first[1], threads, max_quant_kld,
-                                 f16_logits if first[1] == "f16" else None, work / f"check-{first[0].name}.log")
+                                 f16_logits if first[1] == "f16" else None, work / f"check-{first[0].name}.log",
+                                 heldout)
     ref_job = reference_job(reference.result(), work / "reference")
     if base_f16 is not None:
         info("Checking the base f16 GGUF against the source model")
@@ -90,5 +107,5 @@ def validate_all(artifacts: list[Artifact], reference: "Future[Reference]", base
         else:
             results[path] = check_gguf(path, quant, ref_job, threads, f16_logits if f16_logits.is_file() else None,
                                        max_quant_kld, f16_logits if quant == "f16" else None,
-                                       work / f"check-{path.name}.log")
+                                       work / f"check-{path.name}.log", heldout)
     return results, base_result

@@ -14,8 +14,12 @@ from .gguf_pre import PRE_TOKENIZERS
 # The float types the GGUF writer produces itself; every other type is made from the f16 file by
 # llama.cpp's own quantizer.
 GGUF_FLOAT_TYPES = ("f32", "f16", "bf16")
-GGUF_QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0",
-                    "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
+GGUF_QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "iq4_xs",
+                    "iq4_nl", "q3_k_l", "q3_k_m", "q3_k_s", "iq3_m", "iq3_xxs", "q2_k", "q2_k_s", "iq2_m",
+                    "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
+# Types whose main tensors llama.cpp refuses to quantize without an importance matrix (its
+# tensor_requires_imatrix, and llama-quantize's own refusal of the iq2, iq1 and q2_k_s files).
+NEEDS_IMATRIX = ("iq3_xxs", "q2_k_s", "iq2_m", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
 GGUF_TYPES = GGUF_FLOAT_TYPES + GGUF_QUANT_TYPES
 ONNX_PRECISIONS = ("fp32", "int4")
 DEFAULT_GGUF = ("f16", "q8_0", "q4_k_m")
@@ -38,6 +42,11 @@ class ExportConfig:
     max_quant_kld: float = option(1.0, "Fail when a quantized GGUF's mean KL divergence from the f16 one exceeds this (nats)")
     overwrite: bool = option(False, "Replace an existing output folder")
     tarball: bool = option(False, "Also write a .tar.gz with the target's artifacts")
+    imatrix: Optional[str] = option(None, "Importance matrix for the quantizer: traces as `distill train` reads them, a .txt/.jsonl text file, or an imatrix .gguf file; none: off (default: the traces recorded in the student's train.json, when there are any)", input=True)
+    imatrix_compare: bool = option(False, "Also quantize each type without the importance matrix and record both measurements")
+    imatrix_texts: int = option(256, "At most this many calibration texts go into the importance matrix")
+    imatrix_heldout: float = option(0.1, "Fraction of the calibration texts (whole problems) kept apart to measure each quant on")
+    imatrix_heldout_tokens: int = option(4096, "At most this many held-out tokens are measured")
     threads: Optional[int] = option(None, "CPU threads for quantization and validation (default: all cores; the checks of models under 50M parameters use one)")
     trust_remote_code: bool = option(False, "Allow model repositories to run their own code")
 
@@ -60,5 +69,10 @@ class ExportConfig:
             raise UserError(f"field 'context_length': must be positive, got {self.context_length}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"field 'threads': must be positive, got {self.threads}")
+        for name in ("imatrix_texts", "imatrix_heldout_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"field '{name}': must be positive, got {getattr(self, name)}")
+        if not 0 <= self.imatrix_heldout < 1:
+            raise UserError(f"field 'imatrix_heldout': must be in [0, 1), got {self.imatrix_heldout}")
         if self.max_quant_kld <= 0:
             raise UserError(f"field 'max_quant_kld': must be positive, got {self.max_quant_kld}")

@@ -43,9 +43,9 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def preferred_gguf(artifacts: list[dict], profile: Optional[Profile]) -> Optional[dict]:
+def preferred_gguf(artifacts: list[dict], profile: Optional[Profile], chosen: Optional[dict] = None) -> Optional[dict]:
     ggufs = {a["quant"]: a for a in artifacts if a["format"] == "gguf"}
-    for quant in (profile.gguf if profile else []) + ["q4_k_m", "q8_0", "f16"]:
+    for quant in ([chosen["quant"]] if chosen else []) + (profile.gguf if profile else []) + ["q4_k_m", "q8_0", "f16"]:
         if quant in ggufs:
             return ggufs[quant]
     return next(iter(ggufs.values()), None)
@@ -82,14 +82,20 @@ def model_card(manifest: dict, profile: Optional[Profile], modelfile_written: bo
         v = a.get("validation") or {}
         status = "not run" if not v else ("passed" if v.get("passed") else "FAILED: " + "; ".join(v.get("failures", [])))
         extra = ""
-        if "vs_f16" in v:
-            extra = f" (KL vs f16 {v['vs_f16']['mean_kld']:.4f}, top-1 {v['vs_f16']['top1_agreement']:.1%})"
+        measured = v.get("vs_f16_heldout") or v.get("vs_f16")
+        if measured:
+            extra = f" (KL vs f16 {measured['mean_kld']:.4f}, top-1 {measured['top1_agreement']:.1%})"
+        without = ((a.get("uncalibrated") or {}).get("validation") or {})
+        measured = without.get("vs_f16_heldout") or without.get("vs_f16")
+        if measured:
+            extra += f"; without the importance matrix {measured['mean_kld']:.4f}, {measured['top1_agreement']:.1%}"
         fit = a.get("fit")
         fits = "" if not fit else (" | yes" if fit["fits"] else " | **no**")
         rows.append(f"| `{a['path']}` | {a['format']} | {a['quant']} | {_size(a['bytes'])} | {status}{extra}{fits} |")
     header = "| artifact | format | type | size | validation |" + (f" fits {profile.name} |" if profile else "")
     rule = "|---|---|---|---|---|" + ("---|" if profile else "")
-    gguf = preferred_gguf(manifest["artifacts"], profile)
+    chosen = (manifest.get("target") or {}).get("chosen")
+    gguf = preferred_gguf(manifest["artifacts"], profile, chosen)
     onnx = preferred_onnx(manifest["artifacts"], profile)
     parts = [
         f"# {name}", "",
@@ -103,6 +109,7 @@ def model_card(manifest: dict, profile: Optional[Profile], modelfile_written: bo
         parts += [f"Target: **{profile.name}** ({profile.description}); memory budget "
                   f"{_size(profile.memory_budget)}, context length {ctx}, {profile.threads} threads.", ""]
     parts += [header, rule, *rows, ""]
+    parts += calibration_lines(manifest)
     if gguf:
         parts += ["## llama.cpp", "",
                   "The chat template is inside the GGUF file.", "", "```sh",
@@ -161,7 +168,7 @@ def now() -> str:
 def write_card_files(out: Path, manifest: dict, profile: Optional[Profile], chat_template: str) -> list[str]:
     """README.md and (with a GGUF) Modelfile; returns their names."""
     written = []
-    gguf = preferred_gguf(manifest["artifacts"], profile)
+    gguf = preferred_gguf(manifest["artifacts"], profile, (manifest.get("target") or {}).get("chosen"))
     if gguf:
         write_text(out / "Modelfile", modelfile(gguf, chat_template, manifest["context_length"]))
         written.append("Modelfile")
@@ -183,3 +190,68 @@ def chat_template_of(folder: Path) -> str:
         if isinstance(template, str):
             return template
     return ""
+
+
+def calibration_lines(manifest: dict) -> list[str]:
+    """What the card says about the importance matrix, the measurements and the chosen type."""
+    lines = []
+    calibration = manifest.get("calibration")
+    if calibration:
+        matrix = calibration["imatrix"]
+        computed = (f"computed on {calibration['texts']} texts ({calibration['tokens']:,} tokens) of "
+                    f"`{calibration['source']}`" if calibration["kind"] != "imatrix"
+                    else f"read from `{calibration['source']}`")
+        lines += [f"The quantized files were made with an importance matrix (`{matrix['path']}`, {computed}, "
+                  f"sha256 `{matrix['sha256'][:16]}`); `llama-quantize --imatrix {matrix['path']}` reuses it."]
+        if calibration["heldout_texts"]:
+            lines += [f"KL divergences are measured against the f16 file on {calibration['heldout_texts']} held-out "
+                      f"calibration texts ({calibration['heldout_tokens']:,} tokens) that the matrix never saw."]
+        lines += [""]
+    chosen = (manifest.get("target") or {}).get("chosen")
+    if chosen:
+        lines += [f"Recommended for {manifest['target']['name']}: **{chosen['quant']}** (`{chosen['path']}`), "
+                  f"{chosen['reason']}.", ""]
+    if manifest.get("plot"):
+        lines += [f"![KL divergence from f16 against file size]({manifest['plot']})", ""]
+    return lines
+
+
+def plot_kld_vs_size(entries: list[dict], path: Path, name: str) -> Optional[Path]:
+    """KL divergence from f16 against file size, one point per quantized GGUF, with the importance
+    matrix (filled) and without (hollow, from --imatrix-compare). None when nothing was measured."""
+    def kld(validation):
+        measured = (validation or {}).get("vs_f16_heldout") or (validation or {}).get("vs_f16")
+        return None if not measured else max(measured["mean_kld"], 1e-6)
+
+    points = []
+    for e in entries:
+        if e["format"] == "gguf" and kld(e.get("validation")) is not None:
+            points.append((e["quant"], e["bytes"], kld(e["validation"]), bool(e.get("imatrix"))))
+        without = e.get("uncalibrated")
+        if without and kld(without.get("validation")) is not None:
+            points.append((e["quant"], without["bytes"], kld(without["validation"]), False))
+    if not points:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for calibrated, style in ((True, dict(color="tab:blue", label="with the importance matrix")),
+                              (False, dict(facecolors="none", edgecolors="tab:orange", label="without"))):
+        chosen = [p for p in points if p[3] == calibrated]
+        if chosen:
+            ax.scatter([p[1] / 1024**2 for p in chosen], [p[2] for p in chosen], s=40, **style)
+            for quant, size, value, _ in chosen:
+                ax.annotate(quant, (size / 1024**2, value), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("file size (MiB)")
+    ax.set_ylabel("mean KL divergence from f16 (nats)")
+    ax.set_title(f"{name}: quantization loss against size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path

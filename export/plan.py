@@ -10,7 +10,7 @@ from typing import Optional
 from distill.core.errors import UserError
 from distill.core.io import TMP_PREFIX
 
-from .config import DEFAULT_GGUF, DEFAULT_ONNX, GGUF_FLOAT_TYPES, ExportConfig
+from .config import DEFAULT_GGUF, DEFAULT_ONNX, GGUF_FLOAT_TYPES, NEEDS_IMATRIX, ExportConfig
 from .profiles import Profile, estimated_size, fit_report, require_fit
 from .source import ModelFacts
 
@@ -42,6 +42,32 @@ def choose_context(config: ExportConfig, profile: Optional[Profile], facts: Mode
     wanted = profile.context_length if profile else DEFAULT_CONTEXT
     # A profile's context is what the device can afford; the model may support less.
     return min(wanted, facts.max_positions)
+
+
+def drop_unfitting_candidates(config: ExportConfig, profile: Optional[Profile], facts: ModelFacts,
+                              gguf: list[str], context: int) -> tuple[list[str], list[str]]:
+    """A `choose: lowest_kld` profile lists candidates: those estimated not to fit are left out
+    (unless --gguf asks for them); only when none fits is that an error."""
+    if not profile or profile.choose != "lowest_kld":
+        return gguf, []
+    reports = {q: fit_report(facts, "gguf", estimated_size(facts, "gguf", q), profile, context)
+               for q in gguf if q in profile.gguf and q not in config.gguf}
+    dropped = [q for q, report in reports.items() if not report["fits"]]
+    keep = [q for q in gguf if q not in dropped]
+    if dropped and not any(q in profile.gguf for q in keep):
+        smallest = min(dropped, key=lambda q: reports[q]["total"])
+        require_fit(f"GGUF {smallest} (estimated), the smallest of its types,", reports[smallest], profile)
+    return keep, dropped
+
+
+def require_imatrix(gguf: list[str], have_matrix: bool, asked: Optional[str]) -> None:
+    """llama.cpp refuses the lowest-bit types without an importance matrix: say so before any work."""
+    needing = [t for t in gguf if t in NEEDS_IMATRIX]
+    if needing and not have_matrix:
+        why = "--imatrix none" if asked is not None else "no --imatrix and no traces recorded in the student's train.json"
+        raise UserError(f"field 'gguf': {', '.join(needing)} need{'s' if len(needing) == 1 else ''} an importance "
+                        f"matrix and there is none ({why}); pass --imatrix with traces, a .txt/.jsonl file or an "
+                        "imatrix .gguf file")
 
 
 def needs_base_f16(gguf: list[str]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from data import asset
 from distill.core.config import load_yaml
@@ -19,7 +20,13 @@ UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "
 # estimate sizes before anything is written, the real file sizes are checked afterwards.
 GGUF_BITS_PER_WEIGHT = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.5625,
                         "q5_k_m": 5.7, "q5_k_s": 5.5, "q5_0": 5.5, "q4_k_m": 4.9, "q4_k_s": 4.6,
-                        "q4_0": 4.5, "q3_k_l": 4.3, "q3_k_m": 3.9, "q3_k_s": 3.5, "q2_k": 3.4}
+                        "q4_0": 4.5, "iq4_xs": 4.6, "iq4_nl": 4.8, "q3_k_l": 4.3, "q3_k_m": 3.9,
+                        "q3_k_s": 3.5, "iq3_m": 4.0, "iq3_xxs": 3.4, "q2_k": 3.4, "q2_k_s": 3.2,
+                        "iq2_m": 3.0, "iq2_s": 2.8, "iq2_xs": 2.6, "iq2_xxs": 2.4, "iq1_m": 2.1, "iq1_s": 1.9}
+# How a profile chooses the GGUF type it recommends: the first listed type (and every listed type
+# must fit), or among the listed types that fit, the one whose KL divergence from f16 measured
+# lowest.
+CHOICES = ("first", "lowest_kld")
 ONNX_BITS_PER_WEIGHT = {"fp32": 32, "int4": 4.6}
 # Runtime KV cache element sizes: llama.cpp defaults to an f16 cache; onnxruntime-genai on CPU
 # keeps it in the model's io dtype, which is fp32 for both fp32 and int4 CPU models.
@@ -37,6 +44,7 @@ class Profile:
     gguf: list[str] = field(default_factory=list)
     onnx: list[str] = field(default_factory=list)
     source: str = ""
+    choose: str = "first"
 
 
 def parse_bytes(value, where: str) -> int:
@@ -62,7 +70,7 @@ def load_profile(spec: str) -> Profile:
                             f"{', '.join(available_profiles())}; or give a profile .yaml file)")
     data = load_yaml(path)
     from .config import GGUF_TYPES, ONNX_PRECISIONS
-    known = {"description", "memory_budget", "context_length", "threads", "formats"}
+    known = {"description", "memory_budget", "context_length", "threads", "formats", "choose"}
     for key in data:
         if key not in known:
             raise UserError(f"{path}: unknown profile field '{key}' (known: {', '.join(sorted(known))})")
@@ -80,13 +88,17 @@ def load_profile(spec: str) -> Profile:
     for p in onnx:
         if p not in ONNX_PRECISIONS:
             raise UserError(f"{path}: formats.onnx: unknown ONNX precision '{p}' (valid: {', '.join(ONNX_PRECISIONS)})")
+    choose = str(data.get("choose", "first"))
+    if choose not in CHOICES:
+        raise UserError(f"{path}: 'choose' must be one of {', '.join(CHOICES)}, got {choose!r}")
     context, threads = data["context_length"], data.get("threads", 4)
     for key, value in (("context_length", context), ("threads", threads)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"{path}: '{key}' must be a positive integer, got {value!r}")
     return Profile(name=path.stem, description=str(data.get("description", "")),
                    memory_budget=parse_bytes(data["memory_budget"], f"{path}: memory_budget"),
-                   context_length=context, threads=threads, gguf=gguf, onnx=onnx, source=str(path))
+                   context_length=context, threads=threads, gguf=gguf, onnx=onnx, source=str(path),
+                   choose=choose)
 
 
 def kv_cache_bytes(facts: ModelFacts, context: int, fmt: str) -> int:
@@ -136,4 +148,40 @@ def profile_summary(profile: Profile | None) -> dict | None:
         return None
     return {"name": profile.name, "description": profile.description,
             "memory_budget": profile.memory_budget, "context_length": profile.context_length,
-            "threads": profile.threads, "formats": {"gguf": profile.gguf, "onnx": profile.onnx}}
+            "threads": profile.threads, "formats": {"gguf": profile.gguf, "onnx": profile.onnx},
+            "choose": profile.choose}
+
+
+def measured_kld(entry: dict) -> tuple[Optional[float], Optional[str]]:
+    """The KL divergence from f16 an artifact was measured at: on the held-out calibration texts
+    when there were any (more tokens, and the student's own kind of text), else on the fixed
+    held-out text."""
+    validation = entry.get("validation") or {}
+    for key in ("vs_f16_heldout", "vs_f16"):
+        if key in validation:
+            return validation[key]["mean_kld"], key
+    return None, None
+
+
+def choose_gguf(entries: list[dict], profile: Profile) -> Optional[dict]:
+    """The profile's recommended GGUF type and why. With `choose: lowest_kld`, among its types
+    that fit, the one with the lowest measured KL divergence (the smaller file on a tie); without
+    measurements, the first listed type that fits."""
+    ggufs = {e["quant"]: e for e in entries if e["format"] == "gguf" and e["quant"] in profile.gguf}
+    fitting = [q for q in profile.gguf if q in ggufs and ggufs[q].get("fit", {}).get("fits", True)]
+    if not fitting:
+        return None
+    candidates = [{"quant": q, "bytes": ggufs[q]["bytes"], "fits": ggufs[q].get("fit", {}).get("fits", True),
+                   "mean_kld": measured_kld(ggufs[q])[0]} for q in profile.gguf if q in ggufs]
+    measured = [q for q in fitting if measured_kld(ggufs[q])[0] is not None]
+    if profile.choose == "lowest_kld" and measured:
+        best = min(measured, key=lambda q: (measured_kld(ggufs[q])[0], ggufs[q]["bytes"]))
+        kld, key = measured_kld(ggufs[best])
+        where = "the held-out calibration texts" if key == "vs_f16_heldout" else "the fixed held-out text"
+        reason = (f"lowest KL divergence from f16 ({kld:.4f} on {where}) among the types that fit "
+                  f"({', '.join(fitting)})")
+    else:
+        best = fitting[0]
+        reason = ("first listed type that fits (not validated, so no KL divergence to compare)"
+                  if profile.choose == "lowest_kld" else "the profile's first type")
+    return {"quant": best, "path": ggufs[best]["path"], "reason": reason, "candidates": candidates}

@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 
 from distill.core.errors import GateFailed, UserError
 
+from .config import NEEDS_IMATRIX
 from .native import NativeAbort, last_words, run_child
 
 
@@ -54,13 +55,16 @@ def llama_file_type(quant: str) -> int:
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 1, log_path: Optional[Path] = None,
              imatrix: Optional[Path] = None) -> None:
-    """Quantize the f16/f32 GGUF `src` into `dst` with llama.cpp's quantizer. `imatrix` is an
-    .npz of importance vectors by GGUF tensor name (float32, one value per input column)."""
+    """Quantize the f16/f32 GGUF `src` into `dst` with llama.cpp's quantizer, in a child process,
+    calibrated by the importance matrix file `imatrix` (llama.cpp's GGUF imatrix format) when one
+    is given."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         raise UserError("field 'gguf': quantized types need llama-cpp-python "
                         "(pip install llama-cpp-python)") from None
+    if imatrix is None and quant in NEEDS_IMATRIX:
+        raise UserError(f"field 'gguf': {quant} needs an importance matrix (--imatrix)")
     log_path = log_path or dst.with_name(dst.name + ".log")
     job = {"src": str(src), "dst": str(dst), "ftype": llama_file_type(quant), "threads": threads,
            "imatrix": str(imatrix) if imatrix else None}
@@ -75,32 +79,18 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 1, log_path: Optio
                          f"{last_words(log_path)}")
 
 
-def _imatrix_entries(llama_cpp, path: str):
-    """The C array llama.cpp reads an importance matrix from (ended by a null name); the numpy
-    arrays are returned too, since the C side only points into them."""
-    import numpy as np
-    with np.load(path) as data:
-        arrays = {name: np.ascontiguousarray(data[name], dtype=np.float32).ravel() for name in data.files}
-    entries = (llama_cpp.llama_model_imatrix_data * (len(arrays) + 1))()
-    for i, (name, values) in enumerate(arrays.items()):
-        entries[i].name = name.encode()
-        entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        entries[i].size = values.size
-    entries[len(arrays)].name = None
-    return entries, arrays
-
-
 def quantize_here(job: dict) -> dict:
     """In the child: run llama.cpp's quantizer."""
     import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = job["ftype"]
     params.nthread = job["threads"]
-    keep = None
+    calibration = None
     if job.get("imatrix"):
-        entries, keep = _imatrix_entries(llama_cpp, job["imatrix"])
-        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-        keep = (entries, keep)
+        from .imatrix import QuantizerImatrix, read_imatrix
+        calibration = QuantizerImatrix(read_imatrix(Path(job["imatrix"])))  # must outlive the call
+        params.imatrix = ctypes.cast(calibration.array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        params.kv_overrides = ctypes.cast(calibration.overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     status = llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params))
-    del keep
+    del calibration
     return {"status": int(status)}

