@@ -44,6 +44,8 @@ class Completion:
     ttft_s: float | None = None        # time to first token
     decode_s: float | None = None      # time from the first token to the last
     error: str | None = None           # set when the request failed for good (openai)
+    token_ids: list[int] | None = None # the generated ids, the end-of-turn token included when it
+                                       # stopped on it (hf; on-policy training scores exactly these)
 
 
 class Collector:

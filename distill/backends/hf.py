@@ -137,9 +137,11 @@ class HFBackend:
             steps = watch.times
             first = steps[0] if steps else time.perf_counter()
             last = steps[min(length, len(steps)) - 1] if steps and length else first
+            ended = length < len(tokens) and tokens[length] in self.eos_ids
             completions.append(Completion(
                 text=text, finish_reason=finish, prompt_tokens=len(prompt),
-                completion_tokens=length, ttft_s=first - started, decode_s=last - first))
+                completion_tokens=length, ttft_s=first - started, decode_s=last - first,
+                token_ids=tokens[:length + 1] if ended else tokens[:length]))
         return completions
 
     def _sampling_kwargs(self, sampling: Sampling) -> dict:

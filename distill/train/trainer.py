@@ -22,12 +22,20 @@ from .losses import cross_entropy_sum, distillation_sum
 
 def loss_sums(model, batch: dict, teacher=None, kd: tuple = (0.5, 1.0, "forward_kl")):
     """(loss, CE, KD divergence, trained tokens) of one batch, each summed over its trained
-    tokens; without a teacher the loss is the CE and the other two are None."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}
+    tokens; without a teacher the loss is the CE and the other two are None.
+
+    `batch["token_weights"]` (optional, float, one per trained position in the order of
+    `shift_labels[trained]`) multiplies each position's CE term: sum(w * -log p). With the
+    on-policy advantages as weights this is the policy-gradient loss (onpolicy.py)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels", "token_weights")}
     trained = batch["shift_labels"].ne(IGNORE)
     wanted = batch["shift_labels"][trained]
     logits = model(**inputs, use_cache=False, logits_to_keep=trained).logits
     logits = logits.reshape(-1, logits.shape[-1])
+    weights = batch.get("token_weights")
+    if teacher is None and weights is not None:
+        per_token = torch.nn.functional.cross_entropy(logits.float(), wanted, reduction="none")
+        return (per_token * weights.to(per_token)).sum(), None, None, int(wanted.numel())
     if teacher is None:
         return cross_entropy_sum(logits, wanted), None, None, int(wanted.numel())
     with torch.no_grad():
