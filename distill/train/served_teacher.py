@@ -155,15 +155,14 @@ class ServedTeacher:
                                 f"{len(server_ids)} tokens on the server, {len(ids)} for the student); on-policy "
                                 "distillation scores the student's tokens id by id, so it needs the same tokenizer")
             self.bos_id = lead[0] if lead else None
-        values = self._read_logprobs(choice, ids, server_ids)
-        if values is None:
-            raise UserError(f"teacher: {self.where}: returns no log-probs for the tokens of a given prompt; {NEEDS}")
         if self.api == "text" and self.bos_id is None and not self._starts_with_bos(tokenizer, ids):
             raise UserError(
                 f"teacher: {self.where}: a text-only (llama.cpp-style) server pairs each echoed token of a prompt "
                 "without BOS with the next position's distribution (llama_cpp/llama.py, echo), which no "
                 "realignment undoes; serve a model whose prompts begin with its BOS token (add_bos_token), "
                 "or a server that takes token ids (vLLM, SGLang)")
+        if self._read_logprobs(choice, ids, server_ids) is None:
+            raise UserError(f"teacher: {self.where}: returns no log-probs for the tokens of a given prompt; {NEEDS}")
 
     def _starts_with_bos(self, tokenizer, ids: list[int]) -> bool:
         return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
@@ -210,13 +209,22 @@ class ServedTeacher:
             return None
         if self.api == "token-ids":  # entry j is token j (entry 0 null)
             return [float(v) for v in echoed[1:len(ids)]] if len(echoed) >= len(ids) else None
-        # llama.cpp: the leading BOS of what the model read is dropped; entry k is token k + 1.
+        # llama.cpp: the entries follow what the model read after its leading BOS, and skip every
+        # later token equal to the BOS (SmolLM2's BOS <|im_start|> opens every turn).
         read = server_ids if server_ids is not None else ids
         offset = len(read) - len(ids)   # 1 when the server put a BOS in front of ours
-        wanted = [echoed[j + offset - 1] for j in range(1, len(ids)) if j + offset - 1 < len(echoed)]
-        if len(wanted) != len(ids) - 1 or any(v is None for v in wanted[1:]):
+        entry_of = {}
+        for k, token in enumerate(read[1:]):
+            if token != read[0]:
+                entry_of[k] = len(entry_of)
+        if len(echoed) != len(entry_of) + 1:  # + the generated token
             return None
-        return [float(v) if v is not None else float("nan") for v in wanted]
+        values = []
+        for j in range(1, len(ids)):
+            k = j + offset - 1
+            value = echoed[entry_of[k]] if k in entry_of else None
+            values.append(float("nan") if value is None else float(value))
+        return values
 
     def score(self, rollouts: list[dict], tokenizer) -> list[list[float] | None]:
         """The teacher's log-prob of each completion token of each rollout ({input_ids,
@@ -238,6 +246,7 @@ class ServedTeacher:
                             return None
                         choice = await self._retried(lambda: self._complete(client, text))
                 values = self._read_logprobs(choice, ids, server_ids)
-                return None if values is None else values[prompt_len - 1:]
+                mine = None if values is None else values[prompt_len - 1:]
+                return None if mine is None or any(v != v for v in mine) else mine  # NaN: no entry
             return await asyncio.gather(*(one(ids, n) for ids, n in sequences))
         return self._run(score_all)
