@@ -128,8 +128,8 @@ class ServedTeacher:
         async def probe_server(client):
             if self.api in ("auto", "token-ids"):
                 self.api = "token-ids"
-                try:  # one attempt: llama.cpp answers a token-id prompt with 422 or 500
-                    choice = await asyncio.wait_for(self._complete(client, ids), timeout=self.request_timeout)
+                try:
+                    choice = await self._token_id_probe(client, ids)
                     return choice, await self._server_ids(client, probe)
                 except openai.APIStatusError:
                     if self.api_given == "token-ids":
@@ -148,6 +148,9 @@ class ServedTeacher:
                             f"{NEEDS}") from None
         except openai.APIConnectionError as e:
             raise UserError(f"teacher: {self.where}: cannot connect ({type(e).__name__}); is the server running?") from None
+        except asyncio.TimeoutError:
+            raise UserError(f"teacher: {self.where}: no answer to a scoring probe within {self.request_timeout:g} s "
+                            "(--request-timeout)") from None
         if server_ids is not None:
             lead = server_ids[:len(server_ids) - len(ids)]
             if server_ids[len(lead):] != ids or len(lead) > 1:
@@ -163,6 +166,21 @@ class ServedTeacher:
                 "or a server that takes token ids (vLLM, SGLang)")
         if self._read_logprobs(choice, ids, server_ids) is None:
             raise UserError(f"teacher: {self.where}: returns no log-probs for the tokens of a given prompt; {NEEDS}")
+
+    async def _token_id_probe(self, client, ids: list[int]) -> dict:
+        """llama-cpp-python answers a token-id prompt with 422 or 500, every time; a flaky server
+        fails only now and then, so a 5xx or a stall is tried three times before it counts."""
+        import openai
+
+        from distill.backends.openai_api import _retryable
+        for attempt in range(3):
+            try:
+                return await asyncio.wait_for(self._complete(client, ids), timeout=self.request_timeout)
+            except Exception as e:  # noqa: BLE001 - a rejection, or a fault worth another try
+                if isinstance(e, openai.APIStatusError) and e.status_code < 500 or attempt == 2 or not _retryable(e):
+                    raise
+                self.retries += 1
+                await asyncio.sleep(self.retry_wait * 2 ** attempt)
 
     def _starts_with_bos(self, tokenizer, ids: list[int]) -> bool:
         return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id

@@ -320,3 +320,37 @@ def test_a_killed_on_policy_run_resumes_to_the_same_student(tiny_model, tmp_path
     assert resumed["tokens_seen"] == whole["tokens_seen"]
     assert resumed["loss_history"]["reverse_kl"] == whole["loss_history"]["reverse_kl"]
     assert _same_weights(killed, tmp_path / "whole")
+
+
+def test_a_pipeline_trains_twice_each_stage_with_its_own_folder_and_record(tiny_model, tmp_path):
+    from distill.pipeline import PipelineConfig
+    from distill.pipeline import run as run_pipeline
+    student, teacher = tiny_model("qwen2"), tiny_model("qwen3_moe", seed=1, initializer_range=0.1)
+    traces = write_jsonl(tmp_path / "traces.jsonl", trace_rows(6))
+    common = "threads: 1\n  batch_size: 2\n  logging_steps: 1\n  eval_fraction: 0.0\n  max_steps: 2\n  lr: 1.0e-3"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"""
+train.sft:
+  student: {student}
+  traces: {traces}
+  {common}
+train:
+  method: on-policy
+  teacher: hf:{teacher}
+  traces: {traces}
+  samples_per_prompt: 2
+  max_new_tokens: 12
+  {common}
+""")
+    out = tmp_path / "run"
+    first = run_pipeline(PipelineConfig(str(pipeline), str(out), seed=7))
+    assert [first[k]["status"] for k in ("train.sft", "train")] == ["ran", "ran"]
+    sft = json.loads((out / "student-sft" / "train.json").read_text())
+    final = json.loads((out / "student" / "train.json").read_text())
+    assert sft["config"]["method"] == "sft" and final["config"]["method"] == "on-policy"
+    assert final["config"]["student"] == str(out / "student-sft")  # from the SFT model
+    assert sft["config"]["seed"] == final["config"]["seed"] == 7
+    again = run_pipeline(PipelineConfig(str(pipeline), str(out), seed=7))
+    assert [again[k]["status"] for k in ("train.sft", "train")] == ["skipped", "skipped"]
+    reseeded = run_pipeline(PipelineConfig(str(pipeline), str(out), seed=8))
+    assert [reseeded[k]["status"] for k in ("train.sft", "train")] == ["ran", "ran"]
