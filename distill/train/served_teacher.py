@@ -258,7 +258,9 @@ class ServedTeacher:
                         server_ids = None
                         choice = await self._retried(lambda: self._complete(client, ids))
                     else:
-                        text = tokenizer.decode(ids, skip_special_tokens=False)
+                        # a server that puts BOS in front gets the text without ours (else it reads two)
+                        doubled = self.bos_id is not None and ids[:1] == [self.bos_id]
+                        text = tokenizer.decode(ids[1:] if doubled else ids, skip_special_tokens=False)
                         server_ids = await self._retried(lambda: self._tokenize(client, text))
                         if server_ids[len(server_ids) - len(ids):] != ids or len(server_ids) - len(ids) not in (0, 1):
                             return None
