@@ -129,7 +129,7 @@ class RichProgress(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._bar is None or not logs:
             return
-        for key, label in (("loss", "loss"), ("eval_loss", "held-out")):
+        for key, label in (("loss", "loss"), ("reverse_kl", "reverse KL"), ("eval_loss", "held-out")):
             if key in logs:
                 self._shown[label] = logs[key]
         self._bar.update(self._task, losses="  ".join(f"{k} {v:.3f}" for k, v in self._shown.items()))
