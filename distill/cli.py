@@ -154,11 +154,12 @@ def run_pipeline(
 @app.command("demo", short_help="Run the whole pipeline offline on a CPU with the bundled models.",
              help="The whole pipeline offline on a laptop CPU: the bundled MoE teacher writes traces for "
                   "the demo task, a small dense student learns from them, is exported to GGUF and ONNX, "
-                  "and every model is evaluated on the test split.\n\nExample:\n\n    distill demo --out demo-run")
+                  "and every model is evaluated on the test split.\n\nExample:\n\n    distill demo --out demo-run\n\n    distill demo --seed 1 --out demo-run-seed1")
 def demo(
     out: Path = typer.Option(Path("demo-run"), "--out", "-o", help="Run directory"),
     quick: bool = typer.Option(False, "--quick", help="Shrink every stage (for CI)"),
     force: bool = typer.Option(False, "--force", help="Rerun stages even when unchanged"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every stage (default: the pipeline's, 0)"),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
 ) -> None:
@@ -166,7 +167,7 @@ def demo(
     from distill.pipeline import PipelineConfig, run
     set_quiet(quiet)
     pipeline = asset("pipelines", "demo-quick.yaml" if quick else "demo.yaml")
-    _report_errors(lambda: run(PipelineConfig(str(pipeline), str(out), [], force)), debug)
+    _report_errors(lambda: run(PipelineConfig(str(pipeline), str(out), [], force, seed)), debug)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""End to end: `distill demo --quick` runs the bundled pipeline offline, and a rerun skips every
-finished stage."""
+"""End to end: `distill demo --quick` runs the bundled pipeline offline (SFT, then on-policy
+distillation from the MoE teacher), and a rerun skips every finished stage."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ["teacher", "student", "student-gguf-f16", "student-gguf-q8_0", "student-gguf-q4_k_m",
+ROWS = ["teacher", "student-sft", "student", "student-gguf-f16", "student-gguf-q8_0", "student-gguf-q4_k_m",
         "student-onnx-int4"]
 
 
@@ -24,7 +24,8 @@ def test_demo_quick_end_to_end(tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
 
-    for stage, folder in [("generate", "traces"), ("train", "student"), ("export", "export"), ("eval", "eval")]:
+    for stage, folder in [("generate", "traces"), ("train", "student-sft"), ("train", "student"), ("export", "export"),
+                          ("eval", "eval")]:
         assert (out / folder / f"{stage}.json").is_file(), f"{folder}/{stage}.json missing"
 
     report = json.loads((out / "eval" / "report.json").read_text())
@@ -52,7 +53,9 @@ def test_demo_quick_end_to_end(tmp_path):
 
     records = {p: p.read_text() for p in out.glob("*/*.json") if p.name in
                ("generate.json", "train.json", "export.json", "eval.json")}
-    assert len(records) == 4
+    assert len(records) == 5  # SFT and on-policy each have their own folder and record
+    on_policy = json.loads((out / "student" / "train_summary.json").read_text())
+    assert on_policy["method"] == "on-policy" and on_policy["loss_history"]["reverse_kl"]
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     for path, text in records.items():                  # every stage skipped: records untouched

@@ -54,6 +54,8 @@ class Completion:
     decode_s: float | None = None      # time from the first token to the last
     error: str | None = None           # set when the request failed for good (openai)
     token_ids: list[int] | None = None # the generated ids, end-of-turn excluded (hf, gguf)
+    stop_token: int | None = None      # the end-of-turn id the sample stopped on (hf; on-policy
+                                       # training scores it too)
 
 
 class Collector:

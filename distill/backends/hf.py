@@ -259,6 +259,7 @@ class _Row:
     out: list[int] = field(default_factory=list)
     tail: str = ""
     finish: str = "length"
+    stop_token: int | None = None
     generator: object = None
     started: float = 0.0
     first: float | None = None
@@ -315,7 +316,7 @@ class _Watch:
         row.last = time.perf_counter()
         row.first = row.first or row.last
         if token in self.eos:
-            row.finish = "stop"
+            row.finish, row.stop_token = "stop", token
             return True
         row.out.append(token)
         if self.stops:
@@ -335,4 +336,5 @@ class _Watch:
             text, row.finish = text[:min(cuts)], "stop"
         return Completion(text=text, finish_reason=row.finish, prompt_tokens=len(row.prompt),
                           completion_tokens=len(row.out), ttft_s=row.first - row.started,
-                          decode_s=row.last - row.first, token_ids=row.out)
+                          decode_s=row.last - row.first, token_ids=row.out,
+                          stop_token=row.stop_token)

@@ -1,6 +1,7 @@
 """`distill train`: fine-tune a dense student on the kept traces (SFT, optionally with logit
-distillation from a teacher of the same tokenizer), fully or with LoRA, on one CPU or, through
-`accelerate launch`, on many GPUs. The output folder is the model: safetensors, tokenizer, chat
+distillation from a teacher of the same tokenizer), or distil on-policy (the student samples, a
+local or served teacher scores every sampled token: onpolicy.py), fully or with LoRA, on one CPU
+or, through `accelerate launch`, on many GPUs. The output folder is the model: safetensors, tokenizer, chat
 template, generation config, plus train_summary.json, loss.png, README.md and train.json."""
 
 from __future__ import annotations
@@ -36,25 +37,40 @@ def run(config: TrainConfig) -> dict:
     from .checkpoints import MarkCompleteCheckpoints, announce_resume, clear_unusable, resume_point
     from .report import largest_over_processes, peak_memory_mb, plot_losses, training_summary, write_model_card
     from .traces import load_traces
+    from .onpolicy import (OnPolicyTrainer, PromptBatches, encode_prompts, local_teacher_path, on_policy_sampling,
+                           on_policy_summary, prompt_items, served_teacher)
     from .trainer import DistillTrainer, RichProgress, StepClock, training_arguments
 
     out = Path(config.out)
     main = int(os.environ.get("RANK", "0")) == 0
 
     # Every bad input is found before anything heavy is loaded or written.
-    traces = load_traces(config.traces, config.prompt_template)
+    on_policy = config.method == "on-policy"
+    traces = None if on_policy and config.prompts else load_traces(config.traces, config.prompt_template)
     tokenizer = models.load_tokenizer(config.student, "student", config.trust_remote_code)
     eot = end_of_turn(tokenizer, f"student: {config.student}")
     student_config = models.load_model_config(config.student, "student", config.trust_remote_code)
+    served = served_teacher(config, tokenizer) if on_policy else None
+    teacher_path = local_teacher_path(config.teacher) if config.method != "sft" and served is None else None
     teacher_config = None
-    if config.method == "kd":
-        teacher_config = models.load_model_config(config.teacher, "teacher", config.trust_remote_code)
-        teacher_tokenizer = models.load_tokenizer(config.teacher, "teacher", config.trust_remote_code)
+    if teacher_path:
+        teacher_config = models.load_model_config(teacher_path, "teacher", config.trust_remote_code)
+        teacher_tokenizer = models.load_tokenizer(teacher_path, "teacher", config.trust_remote_code)
         models.require_same_tokenizer(tokenizer, teacher_tokenizer, config.teacher)
-    samples, too_long = encode_traces(tokenizer, traces.rows, eot, config.max_seq_len, f"student: {config.student}")
-    if not samples:
-        raise UserError(f"max_seq_len: all {too_long} traces are longer than {config.max_seq_len} tokens")
-    train_rows, heldout_rows = split_heldout(samples, config.eval_fraction, config.seed)
+    samples, too_long = [], 0
+    if traces is not None:
+        samples, too_long = encode_traces(tokenizer, traces.rows, eot, config.max_seq_len, f"student: {config.student}")
+        if not samples:
+            raise UserError(f"max_seq_len: all {too_long} traces are longer than {config.max_seq_len} tokens")
+    if on_policy:
+        items = prompt_items(config, traces, samples)
+        encode_prompts(tokenizer, items, f"student: {config.student}")
+        train_rows, heldout_rows = split_heldout(items, config.eval_fraction, config.seed)
+        items = train_rows + heldout_rows
+        for index, item in enumerate(items):
+            item["index"] = index
+    else:
+        train_rows, heldout_rows = split_heldout(samples, config.eval_fraction, config.seed)
     _require_scheduler(config.lr_scheduler)
 
     use_gpu = torch.cuda.is_available()
@@ -72,7 +88,7 @@ def run(config: TrainConfig) -> dict:
         if main:
             (out / "train.json").unlink(missing_ok=True)  # the old record must not vouch for new files
         checkpoints = out / "checkpoints"
-        fingerprint = _fingerprint(config, traces.source)
+        fingerprint = _fingerprint(config, traces.source if traces else config.prompts)
         resume_from = resume_point(checkpoints, fingerprint, config.resume)
         if main:
             clear_unusable(checkpoints, resume_from)
@@ -83,8 +99,8 @@ def run(config: TrainConfig) -> dict:
         # on partitioned loading, which suits the student (trained by the engine) but not the
         # teacher (run outside it, whole on every device).
         teacher = None
-        if config.method == "kd":
-            teacher = models.load_causal_lm(config.teacher, "teacher", dtype, config.trust_remote_code, attention)
+        if teacher_path:
+            teacher = models.load_causal_lm(teacher_path, "teacher", dtype, config.trust_remote_code, attention)
         steps = _planned_steps(config, len(train_rows), world)
         eval_steps = (config.eval_steps or max(1, steps // 5)) if heldout_rows else None
         try:
@@ -92,6 +108,8 @@ def run(config: TrainConfig) -> dict:
                                       routed_experts=_has_routed_experts(student_config))
         except ValueError as e:
             raise UserError(f"training settings: {' '.join(str(e).split())}") from None
+        if on_policy:  # the trainer counts the sampled tokens itself
+            args.include_num_input_tokens_seen = "no"
         model = models.load_causal_lm(config.student, "student", dtype, config.trust_remote_code, attention)
         if config.packing:
             use_packed_attention(model, config.attn_implementation)
@@ -101,12 +119,20 @@ def run(config: TrainConfig) -> dict:
             model = models.add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout,
                                     config.lora_target_modules)
         clock = StepClock()
-        trainer = DistillTrainer(
-            model=model, args=args, train_dataset=TraceDataset(train_rows),
-            eval_dataset=TraceDataset(heldout_rows) if heldout_rows else None,
-            data_collator=PackedBatches() if config.packing else PaddedBatches(_pad_id(tokenizer, eot)),
-            processing_class=tokenizer, callbacks=[MarkCompleteCheckpoints(fingerprint), clock, RichProgress()],
-            teacher=teacher, kd_alpha=config.kd_alpha, kd_temperature=config.kd_temperature, kd_loss=config.kd_loss)
+        collator = PackedBatches() if config.packing else PaddedBatches(_pad_id(tokenizer, eot))
+        common = dict(model=model, args=args, processing_class=tokenizer, teacher=teacher,
+                      callbacks=[MarkCompleteCheckpoints(fingerprint), clock, RichProgress()])
+        if on_policy:
+            trainer = OnPolicyTrainer(
+                **common, train_dataset=TraceDataset(train_rows),
+                eval_dataset=TraceDataset(heldout_rows) if heldout_rows else None, data_collator=PromptBatches(),
+                items=items, eot=eot, sampling=on_policy_sampling(config), batch_collator=collator,
+                served=served, sft_weight=config.sft_weight)
+        else:
+            trainer = DistillTrainer(
+                **common, train_dataset=TraceDataset(train_rows),
+                eval_dataset=TraceDataset(heldout_rows) if heldout_rows else None, data_collator=collator,
+                kd_alpha=config.kd_alpha, kd_temperature=config.kd_temperature, kd_loss=config.kd_loss)
         trainer.remove_callback(PrinterCallback)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if heldout_rows and not any(r.get("step") == trainer.state.global_step and "eval_loss" in r
@@ -118,9 +144,12 @@ def run(config: TrainConfig) -> dict:
         peak = largest_over_processes(peak_memory_mb(use_gpu), use_gpu)
         if not main:
             return {}
+        data_info = traces.describe() if traces else {"source": config.prompts, "prompts": len(items)}
         summary = training_summary(config, trainer, clock, eot.text, _device_name(use_gpu, world), world,
-                                   dtype, _step_of(resume_from), traces.describe(),
+                                   dtype, _step_of(resume_from), data_info,
                                    {"train": len(train_rows), "heldout": len(heldout_rows), "too_long": too_long})
+        if on_policy:
+            summary["on_policy"] = on_policy_summary(config, trainer)
         # The merge loads the base model afresh; the trained model and the teacher go first, so
         # that two copies never coexist.
         del trainer, model, teacher
@@ -142,9 +171,9 @@ def run(config: TrainConfig) -> dict:
             "measure": "torch.cuda.max_memory_allocated" if use_gpu else "process peak RSS",
             "estimated_mb": round(needed["total"] / 2 ** 20, 1)}
         write_json(out / "train_summary.json", summary)
-        plot_losses(summary["loss_history"], out / "loss.png",
-                    f"{Path(config.student).name} on {summary['traces']['kept_traces']} traces")
-        write_model_card(out / "README.md", config, summary, traces.describe())
+        what = f"{len(train_rows)} prompts, on-policy" if on_policy else f"{summary['traces'].get('kept_traces')} traces"
+        plot_losses(summary["loss_history"], out / "loss.png", f"{Path(config.student).name} on {what}")
+        write_model_card(out / "README.md", config, summary, data_info)
         shutil.rmtree(checkpoints, ignore_errors=True)
         final = {k: "-" if v is None else f"{v:.4f}" for k, v in summary["final"].items()}
         info(f"[green]✓[/] student saved to {out}: {summary['steps']} steps, loss {final['train_loss']} "

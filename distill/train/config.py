@@ -9,6 +9,8 @@ from distill.core.config import option
 from distill.core.errors import UserError
 
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+METHODS = ("sft", "kd", "on-policy")
+TEACHER_APIS = ("auto", "token-ids", "text")
 
 
 @dataclass
@@ -16,8 +18,21 @@ class TrainConfig:
     student: str = option("", "Student: a Hugging Face causal LM folder or hub name", input=True)
     traces: str = option("traces", "Traces: a generate folder, its traces/ dataset, samples.jsonl, or a dataset with problem/reasoning/answer", input=True)
     out: str = option("student", "Output folder (a from_pretrained-loadable model)")
-    method: str = option("sft", "sft, or kd to add logit distillation from --teacher")
-    teacher: Optional[str] = option(None, "KD teacher (same tokenizer as the student)", input=True)
+    method: str = option("sft", "sft; kd to add logit distillation from --teacher; on-policy: the student samples, --teacher scores every sampled token")
+    teacher: Optional[str] = option(None, "KD or on-policy teacher (same tokenizer as the student): a Hugging Face folder or hub id (hf: optional), or for on-policy openai:BASE_URL with --model", input=True)
+    model: Optional[str] = option(None, "On-policy: the model name on an openai: teacher server")
+    api_key_env: Optional[str] = option(None, "On-policy: name of the environment variable holding the openai: server's API key")
+    prompts: Optional[str] = option(None, "On-policy: problems to sample on, as generate's --prompts (default: the traces' problems)", input=True)
+    samples_per_prompt: int = option(4, "On-policy: completions the student samples per prompt each step")
+    temperature: float = option(1.0, "On-policy: the student's sampling temperature")
+    top_p: float = option(1.0, "On-policy: nucleus sampling of the student")
+    max_new_tokens: int = option(256, "On-policy: token limit of each sampled completion")
+    sft_weight: float = option(0.0, "On-policy: weight of the SFT loss on the prompt's trace, added to the reverse KL (needs traces)")
+    teacher_api: str = option("auto", "On-policy openai: teacher: token-ids (vLLM/SGLang prompt_logprobs or echo), text (llama.cpp: text prompt, echo), or auto")
+    concurrency: int = option(8, "On-policy openai: teacher: scoring requests in flight")
+    max_retries: int = option(6, "On-policy openai: teacher: retries per request on 429, 5xx, stalls and dropped connections")
+    request_timeout: float = option(120.0, "On-policy openai: teacher: seconds before a scoring request counts as stalled")
+    retry_wait: float = option(1.0, "On-policy openai: teacher: seconds before the first retry; doubles with each retry, at most 60")
     kd_alpha: float = option(0.5, "KD: weight of the cross-entropy term (1 - alpha on the KL term)")
     kd_temperature: float = option(1.0, "KD: softmax temperature")
     kd_loss: str = option("forward_kl", "KD: forward_kl, reverse_kl or jsd")
@@ -52,10 +67,15 @@ class TrainConfig:
     trust_remote_code: bool = option(False, "Allow model repositories to run their own code")
 
     def check(self) -> None:
-        if self.method not in ("sft", "kd"):
-            raise UserError(f"method: expected sft or kd, got '{self.method}'")
-        if self.method == "kd" and not self.teacher:
-            raise UserError("teacher: --method kd needs --teacher")
+        if self.method not in METHODS:
+            raise UserError(f"method: expected one of {', '.join(METHODS)}, got '{self.method}'")
+        if self.method in ("kd", "on-policy") and not self.teacher:
+            raise UserError(f"teacher: --method {self.method} needs --teacher")
+        if self.method == "kd" and self.teacher.startswith("openai:"):
+            raise UserError("teacher: kd needs the teacher's full logits, which a server does not return; "
+                            "use --method on-policy with an openai: teacher")
+        if self.method == "on-policy":
+            self._check_on_policy()
         if self.kd_loss not in KD_LOSSES:
             raise UserError(f"kd_loss: expected one of {', '.join(KD_LOSSES)}, got '{self.kd_loss}'")
         if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:
@@ -84,3 +104,20 @@ class TrainConfig:
         if self.attn_implementation not in (None, "sdpa", "eager", "flash_attention_2", "flash_attention_3"):
             raise UserError(f"attn_implementation: expected sdpa, eager, flash_attention_2 or "
                             f"flash_attention_3, got '{self.attn_implementation}'")
+
+    def _check_on_policy(self) -> None:
+        if self.teacher.startswith("openai:") and not self.model:
+            raise UserError("model: an openai: teacher needs --model NAME (the served model)")
+        for name in ("samples_per_prompt", "max_new_tokens", "concurrency"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}: must be at least 1")
+        if not 0 < self.temperature <= 5 or not 0 < self.top_p <= 1:
+            raise UserError("temperature/top_p: on-policy sampling needs 0 < temperature <= 5 and 0 < top_p <= 1")
+        if self.sft_weight < 0:
+            raise UserError("sft_weight: must not be negative")
+        if self.sft_weight > 0 and self.prompts:
+            raise UserError("sft_weight: the SFT term trains on the traces' problems; leave --prompts out to use it")
+        if self.teacher_api not in TEACHER_APIS:
+            raise UserError(f"teacher_api: expected one of {', '.join(TEACHER_APIS)}, got '{self.teacher_api}'")
+        if self.max_retries < 0 or self.request_timeout <= 0 or self.retry_wait < 0:
+            raise UserError("max_retries/request_timeout/retry_wait: must not be negative")

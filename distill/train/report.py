@@ -10,7 +10,9 @@ from distill.core.io import atomic_path, write_text
 CARD_SETTINGS = ("method", "epochs", "max_steps", "lr", "lr_scheduler", "warmup_ratio", "weight_decay",
                  "batch_size", "grad_accum", "max_seq_len", "packing", "lora", "lora_r", "lora_alpha",
                  "lora_dropout", "lora_target_modules", "kd_loss", "kd_alpha", "kd_temperature", "seed",
-                 "eval_fraction", "prompt_template")
+                 "eval_fraction", "prompt_template", "samples_per_prompt", "temperature", "top_p",
+                 "max_new_tokens", "sft_weight")
+ON_POLICY_SETTINGS = ("samples_per_prompt", "temperature", "top_p", "max_new_tokens", "sft_weight")
 
 
 def peak_memory_mb(use_gpu: bool) -> float:
@@ -38,7 +40,11 @@ def loss_history(log_history: list[dict]) -> dict:
     if not train:  # fewer steps than logging_steps: the Trainer's run average stands in
         train = [[row["step"], row["train_loss"]] for row in log_history if "train_loss" in row][-1:]
     heldout = [[row["step"], row["eval_loss"]] for row in log_history if "eval_loss" in row]
-    return {"train": train, "heldout": heldout}
+    history = {"train": train, "heldout": heldout}
+    reverse_kl = [[row["step"], row["reverse_kl"]] for row in log_history if "reverse_kl" in row and "step" in row]
+    if reverse_kl:  # on-policy: per-token reverse KL of the student's samples against the teacher
+        history["reverse_kl"] = reverse_kl
+    return history
 
 
 def training_summary(cfg, trainer, clock, end_of_turn: str, device: str, world: int, dtype,
@@ -62,7 +68,8 @@ def training_summary(cfg, trainer, clock, end_of_turn: str, device: str, world: 
         "parameters": {"total": sum(p.numel() for p in params),
                        "trainable": sum(p.numel() for p in params if p.requires_grad)},
         "final": {"train_loss": history["train"][-1][1] if history["train"] else None,
-                  "heldout_loss": history["heldout"][-1][1] if history["heldout"] else None},
+                  "heldout_loss": history["heldout"][-1][1] if history["heldout"] else None,
+                  **({"reverse_kl": history["reverse_kl"][-1][1]} if history.get("reverse_kl") else {})},
         "loss_history": history,
         "traces": traces_info,
     }
@@ -79,6 +86,9 @@ def plot_losses(history: dict, path: Path, title: str) -> Path:
     if history["heldout"]:
         steps, losses = zip(*history["heldout"])
         ax.plot(steps, losses, "o-", label="held-out", color="tab:orange")
+    if history.get("reverse_kl"):
+        steps, values = zip(*history["reverse_kl"])
+        ax.plot(steps, values, label="reverse KL (student samples)", color="tab:green")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per trained token")
     ax.set_title(title)
@@ -89,6 +99,11 @@ def plot_losses(history: dict, path: Path, title: str) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def _method_words(method: str) -> str:
+    return {"kd": "logit distillation + supervised fine-tuning", "on-policy": "on-policy distillation (reverse KL)"}.get(
+        method, "supervised fine-tuning")
 
 
 def _number(value) -> str:
@@ -107,9 +122,12 @@ def write_model_card(path: Path, cfg, summary: dict, traces_info: dict) -> Path:
     settings = config_dict(cfg)  # secret fields are already left out
     teacher = traces_info.get("teacher") or "unknown (the traces do not name it)"
     kd_teacher = f"\n- KD teacher (logits): `{cfg.teacher}`" if cfg.method == "kd" else ""
+    if cfg.method == "on-policy":
+        kd_teacher = f"\n- On-policy teacher (scores the student's own samples): `{cfg.teacher}`"
     rows = "\n".join(f"| `{k}` | {_number(settings[k])} |" for k in CARD_SETTINGS
                      if k in settings and (k.startswith("lora_") is False or cfg.lora)
-                     and (k.startswith("kd_") is False or cfg.method == "kd"))
+                     and (k.startswith("kd_") is False or cfg.method == "kd")
+                     and (k not in ON_POLICY_SETTINGS or cfg.method == "on-policy"))
     data_rows = "\n".join(f"| {k.replace('_', ' ')} | {_number(v)} |" for k, v in traces_info.items()
                           if k not in ("teacher",) and v is not None and not isinstance(v, dict))
     dropped = traces_info.get("generate_dropped")
@@ -129,8 +147,7 @@ tags:
 
 # {name}: a reasoning student of `{cfg.student}`
 
-Fine-tuned by `distill train` ({'logit distillation + ' if cfg.method == 'kd' else ''}supervised fine-tuning{', LoRA merged' if cfg.lora else ', full'}) on chain-of-thought traces written by a
-teacher model and verified against reference answers.
+Fine-tuned by `distill train` ({_method_words(cfg.method)}{', LoRA merged' if cfg.lora else ', full'}) {'on its own samples, scored token by token by a teacher' if cfg.method == 'on-policy' else 'on chain-of-thought traces written by a teacher model and verified against reference answers'}.
 
 - Teacher (traces): `{teacher}`{kd_teacher}
 - Student (base): `{cfg.student}`

@@ -12,19 +12,26 @@ from data import DATA_DIR, asset
 from distill.core.config import build_config, load_yaml
 from distill.core.stages import STAGES, config_class
 from distill.core.io import write_json
-from distill.pipeline import _expand_eval_models, _substitute
+from distill.pipeline import _expand_eval_models, _stage_of, _stage_values, _substitute, pipeline_sections
 
 PIPELINES = sorted((DATA_DIR / "pipelines").glob("*.yaml"))
-DEMO_ROWS = ["teacher", "student", "student-gguf-f16", "student-gguf-q8_0", "student-gguf-q4_k_m",
+DEMO_ROWS = ["teacher", "student-sft", "student", "student-gguf-f16", "student-gguf-q8_0", "student-gguf-q4_k_m",
              "student-onnx-int4"]
 
 
 def stage_configs(path: Path, run_dir: Path) -> dict:
+    """Each section's config as `distill run` builds it (run directory wired in)."""
     spec = load_yaml(path)
     names = {"run": str(run_dir), "data": str(DATA_DIR)}
-    return {stage: build_config(config_class(stage), _substitute(section or {}, names),
-                                source=f"{path.name}: {stage}")
-            for stage, section in spec.items()}
+    keys = pipeline_sections(spec, path.name)
+    trains = [k for k in keys if _stage_of(k) == "train"]
+    configs = {}
+    for key in keys:
+        section = _substitute(spec[key] or {}, names)
+        # eval's @artifacts reads the export manifest, which does not exist yet: checked apart
+        values = section if key == "eval" else _stage_values(key, section, run_dir, trains)
+        configs[key] = build_config(config_class(_stage_of(key)), values, source=f"{path.name}: {key}")
+    return configs
 
 
 def test_the_bundled_pipelines_are_there():
@@ -34,7 +41,7 @@ def test_the_bundled_pipelines_are_there():
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
 def test_every_section_builds_its_stage_config(path, tmp_path):
     spec = load_yaml(path)
-    assert spec and set(spec) <= set(STAGES), f"{path.name}: unknown sections {set(spec) - set(STAGES)}"
+    assert spec and all(_stage_of(k) in STAGES for k in spec), f"{path.name}: unknown sections"
     configs = stage_configs(path, tmp_path)
     assert configs
 
@@ -42,13 +49,19 @@ def test_every_section_builds_its_stage_config(path, tmp_path):
 @pytest.mark.parametrize("name", ["demo.yaml", "demo-quick.yaml"])
 def test_demo_pipelines_use_the_bundled_models_offline(name, tmp_path):
     cfg = stage_configs(asset("pipelines", name), tmp_path)
-    assert list(cfg) == ["generate", "train", "export", "eval"]
+    assert list(cfg) == ["generate", "train.sft", "train", "export", "eval"]
     teacher = cfg["generate"].teacher
     assert teacher.startswith("hf:") and Path(teacher[3:]) == asset("models", "demo-teacher")
     assert (Path(teacher[3:]) / "model.safetensors").is_file()
     assert cfg["generate"].prompts == "demo" and cfg["eval"].benchmark == "demo"
-    assert Path(cfg["train"].student) == asset("models", "demo-student-base")
-    assert not cfg["train"].lora and cfg["train"].method == "sft"
+    sft, on_policy = cfg["train.sft"], cfg["train"]
+    assert Path(sft.student) == asset("models", "demo-student-base") and sft.method == "sft"
+    assert Path(sft.out) == tmp_path / "student-sft" and Path(sft.traces) == tmp_path / "traces"
+    # on-policy from the SFT student, with the bundled MoE teacher, into the run's student folder
+    assert on_policy.method == "on-policy" and Path(on_policy.student) == tmp_path / "student-sft"
+    assert on_policy.teacher == teacher and Path(on_policy.out) == tmp_path / "student"
+    assert Path(cfg["export"].model) == tmp_path / "student"
+    assert not any(getattr(c, "lora", False) for c in cfg.values())
     assert {"f16", "q8_0", "q4_k_m"} <= set(cfg["export"].gguf) and "int4" in cfg["export"].onnx
     assert cfg["export"].target == "laptop-cpu"
     assert not any(c.trust_remote_code for c in cfg.values())
@@ -61,9 +74,10 @@ def test_demo_eval_rows_are_the_teacher_the_student_and_each_artifact(name, tmp_
     artifacts.append({"path": "demo-student-onnx-int4", "format": "onnx", "quant": "int4"})
     write_json(tmp_path / STAGES["export"]["dir"] / "manifest.json", {"artifacts": artifacts})
     section = _substitute(load_yaml(asset("pipelines", name))["eval"], {"run": str(tmp_path), "data": str(DATA_DIR)})
-    expanded = _expand_eval_models(section, tmp_path)
+    expanded = _expand_eval_models(section, tmp_path, ["train.sft", "train"])
     assert expanded["label"] == DEMO_ROWS
-    assert expanded["model"][0] == f"hf:{asset('models', 'demo-teacher')}"
+    assert expanded["model"][:3] == [f"hf:{asset('models', 'demo-teacher')}", f"hf:{tmp_path / 'student-sft'}",
+                                     f"hf:{tmp_path / 'student'}"]
 
 
 def test_quick_demo_is_smaller_than_the_full_one(tmp_path):

@@ -1,0 +1,272 @@
+"""A served teacher for on-policy distillation (`--teacher openai:BASE_URL --model NAME`): the
+teacher's log-prob of every token the student sampled, through the OpenAI-compatible
+completions API (a one-token completion of the whole sequence, with the prompt's log-probs).
+
+Servers differ, and the difference decides whether the numbers are right:
+
+- token-ids (vLLM, SGLang): the prompt is sent as token ids, so the server scores exactly the
+  sampled sequence; the log-probs come from `prompt_logprobs` (vLLM; keyed by token id, which
+  is checked) or from `echo` + `logprobs` (entry k is token k's log-prob, entry 0 is null).
+- text (llama.cpp, llama-cpp-python's server): token-id prompts are rejected (422), so the text
+  is sent and the server tokenizes it; its tokenize endpoint (`/extras/tokenize`, `/tokenize`)
+  must give back the sampled ids, else the sequence is refused (not trained on). Its echoed
+  log-probs drop a leading BOS, so entry k belongs to token k + 1 of what the model read: they
+  are right only when the model read a BOS first (llama_cpp/llama.py, the echo path: without a
+  BOS each token is paired with the next position's distribution, which no reordering undoes).
+  `max_tokens` 0 means "unlimited" there, so every request asks for one token.
+
+Checks before training: the server tokenizes a probe exactly as the student does (tokenize
+endpoint, or the echoed tokens), and returns log-probs for given tokens; a server that does not
+is refused, naming what it must support. Requests run `concurrency` at a time and are retried
+as `generate`'s openai backend retries (429, 5xx, stalls, dropped connections; exponential
+waits, Retry-After); a request that still fails stops the run, which resumes from its last
+checkpoint: no step is trained on partial scores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+from distill.core.chat import render_prompt
+from distill.core.errors import UserError
+
+PROBE_USER = "Probe: Ava has 12 apples and gets 7 more.  Tabs\tand ünïcödé too?"
+PROBE_REPLY = "<think>\n12 + 7 = 19\n</think>\n\nThe answer is \\boxed{19}."
+NEEDS = ("it must answer the completions API with the log-probs of a given prompt: vLLM or SGLang "
+         "(token-id prompt with prompt_logprobs, or echo with logprobs) or llama-cpp-python's server "
+         "(text prompt with echo and logprobs; started with logits_all, its default)")
+
+
+def connect(config, tokenizer) -> "ServedTeacher":
+    base = config.teacher.split(":", 1)[1]
+    if not base.startswith(("http://", "https://")):
+        raise UserError(f"teacher: {config.teacher}: expected a base URL such as openai:http://127.0.0.1:8000/v1")
+    api_key = "EMPTY"
+    if config.api_key_env:
+        api_key = os.environ.get(config.api_key_env, "")
+        if not api_key:
+            raise UserError(f"api_key_env: the environment variable {config.api_key_env} is not set")
+    teacher = ServedTeacher(base, config.model, api_key, config.teacher_api, config.concurrency,
+                            config.max_retries, config.request_timeout, config.retry_wait)
+    teacher.check(tokenizer)
+    return teacher
+
+
+class ServedTeacher:
+    def __init__(self, base_url: str, model: str, api_key: str, api: str = "auto", concurrency: int = 8,
+                 max_retries: int = 6, request_timeout: float = 120.0, retry_wait: float = 1.0):
+        self.base_url, self.model, self._api_key = base_url.rstrip("/"), model, api_key
+        self.root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        self.where = f"openai:{base_url}"
+        self.api = api                 # "token-ids" or "text" once checked
+        self.concurrency, self.max_retries = concurrency, max_retries
+        self.request_timeout, self.retry_wait = request_timeout, retry_wait
+        self.retries = 0               # retried requests over the run, for the summary and tests
+        self.tokenize_route = None     # text api: (path, body field)
+        self.bos_id = None             # text api: the BOS the server puts in front, if any
+
+    # --- running requests -------------------------------------------------------------------
+    def _run(self, coroutine_factory):
+        from openai import AsyncOpenAI, Timeout
+
+        async def main():
+            client = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
+                                 timeout=Timeout(self.request_timeout, connect=min(30.0, self.request_timeout)))
+            try:
+                return await coroutine_factory(client)
+            finally:
+                await client.close()
+        return asyncio.run(main())
+
+    async def _retried(self, call):
+        import openai
+
+        from distill.backends.openai_api import MAX_WAIT_S, _describe, _retry_after, _retryable
+        attempt = 0
+        while True:
+            try:
+                return await asyncio.wait_for(call(), timeout=self.request_timeout)
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise UserError(f"teacher: {self.where}: {_describe(e)} (check --api-key-env)") from None
+            except Exception as e:  # noqa: BLE001 - sorted into retryable or not
+                if not _retryable(e):
+                    raise
+                last, hinted = _describe(e), _retry_after(e)
+            if attempt >= self.max_retries:
+                raise UserError(f"teacher: {self.where}: scoring failed after {attempt} retries ({last}); "
+                                "rerun the same command to resume from the last checkpoint")
+            wait = min(MAX_WAIT_S, self.retry_wait * 2 ** attempt) * random.uniform(0.5, 1.0)
+            if hinted is not None:
+                wait = min(MAX_WAIT_S, max(wait, hinted))
+            attempt += 1
+            self.retries += 1
+            await asyncio.sleep(wait)
+
+    async def _complete(self, client, prompt, logprobs: int = 0) -> dict:
+        """A one-token completion of `prompt` (ids or text) with the prompt's log-probs."""
+        extra = {"prompt_logprobs": 0} if self.api == "token-ids" else {}
+        response = await client.completions.create(
+            model=self.model, prompt=prompt, max_tokens=1, temperature=0.0, echo=True, logprobs=logprobs,
+            extra_body=extra or None)
+        return response.choices[0].model_dump()
+
+    async def _tokenize(self, client, text: str) -> list[int]:
+        path, field = self.tokenize_route
+        body = {"model": self.model, field: text}
+        if field == "prompt":  # vLLM: the chat template already wrote the special tokens
+            body["add_special_tokens"] = False
+        answer = await client.post(f"{self.root}{path}", cast_to=object, body=body)
+        return list(answer["tokens"])
+
+    # --- checks -------------------------------------------------------------------------------
+    def check(self, tokenizer) -> None:
+        import openai
+        probe = render_prompt(tokenizer, PROBE_USER, think_prefill=False, where="student") + PROBE_REPLY
+        ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+
+        async def probe_server(client):
+            if self.api in ("auto", "token-ids"):
+                self.api = "token-ids"
+                try:
+                    choice = await self._token_id_probe(client, ids)
+                    return choice, await self._server_ids(client, probe)
+                except openai.APIStatusError:
+                    if self.api_given == "token-ids":
+                        raise
+                    self.api = "text"
+            await self._find_tokenize_route(client, probe)
+            server_ids = await self._tokenize(client, probe)
+            return await self._retried(lambda: self._complete(client, probe)), server_ids
+
+        self.api_given = self.api
+        try:
+            choice, server_ids = self._run(probe_server)
+        except openai.APIStatusError as e:
+            from distill.backends.openai_api import _describe
+            raise UserError(f"teacher: {self.where}: the server refuses to score a given prompt ({_describe(e)}); "
+                            f"{NEEDS}") from None
+        except openai.APIConnectionError as e:
+            raise UserError(f"teacher: {self.where}: cannot connect ({type(e).__name__}); is the server running?") from None
+        except asyncio.TimeoutError:
+            raise UserError(f"teacher: {self.where}: no answer to a scoring probe within {self.request_timeout:g} s "
+                            "(--request-timeout)") from None
+        if server_ids is not None:
+            lead = server_ids[:len(server_ids) - len(ids)]
+            if server_ids[len(lead):] != ids or len(lead) > 1:
+                raise UserError(f"teacher: {self.where}: its tokenizer differs from the student's (a probe gives "
+                                f"{len(server_ids)} tokens on the server, {len(ids)} for the student); on-policy "
+                                "distillation scores the student's tokens id by id, so it needs the same tokenizer")
+            self.bos_id = lead[0] if lead else None
+        if self.api == "text" and self.bos_id is None and not self._starts_with_bos(tokenizer, ids):
+            raise UserError(
+                f"teacher: {self.where}: a text-only (llama.cpp-style) server pairs each echoed token of a prompt "
+                "without BOS with the next position's distribution (llama_cpp/llama.py, echo), which no "
+                "realignment undoes; serve a model whose prompts begin with its BOS token (add_bos_token), "
+                "or a server that takes token ids (vLLM, SGLang)")
+        if self._read_logprobs(choice, ids, server_ids) is None:
+            raise UserError(f"teacher: {self.where}: returns no log-probs for the tokens of a given prompt; {NEEDS}")
+
+    async def _token_id_probe(self, client, ids: list[int]) -> dict:
+        """llama-cpp-python answers a token-id prompt with 422 or 500, every time; a flaky server
+        fails only now and then, so a 5xx or a stall is tried three times before it counts."""
+        import openai
+
+        from distill.backends.openai_api import _retryable
+        for attempt in range(3):
+            try:
+                return await asyncio.wait_for(self._complete(client, ids), timeout=self.request_timeout)
+            except Exception as e:  # noqa: BLE001 - a rejection, or a fault worth another try
+                if isinstance(e, openai.APIStatusError) and e.status_code < 500 or attempt == 2 or not _retryable(e):
+                    raise
+                self.retries += 1
+                await asyncio.sleep(self.retry_wait * 2 ** attempt)
+
+    def _starts_with_bos(self, tokenizer, ids: list[int]) -> bool:
+        return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+
+    async def _server_ids(self, client, text: str) -> list[int] | None:
+        """The server's own tokenization of the probe, where it offers a tokenize endpoint."""
+        try:
+            await self._find_tokenize_route(client, text)
+        except UserError:
+            return None
+        return await self._tokenize(client, text)
+
+    async def _find_tokenize_route(self, client, text: str) -> None:
+        import openai
+        for route in (("/extras/tokenize", "input"), ("/tokenize", "prompt"), ("/tokenize", "content")):
+            self.tokenize_route = route
+            try:
+                await self._tokenize(client, text)
+                return
+            except (openai.NotFoundError, openai.UnprocessableEntityError, openai.BadRequestError, KeyError,
+                    TypeError, openai.APIStatusError):
+                continue
+        self.tokenize_route = None
+        raise UserError(f"teacher: {self.where}: offers no tokenize endpoint (/extras/tokenize on "
+                        "llama-cpp-python, /tokenize on vLLM and llama.cpp), which a text-only server needs "
+                        "so that the sampled tokens can be checked")
+
+    # --- reading the log-probs ----------------------------------------------------------------
+    def _read_logprobs(self, choice: dict, ids: list[int], server_ids: list[int] | None) -> list[float] | None:
+        """log p_teacher(ids[j] | ids[:j]) for j = 1..len(ids)-1, or None when the answer holds
+        no such log-probs or names other tokens than `ids`."""
+        prompt_logprobs = choice.get("prompt_logprobs")
+        if self.api == "token-ids" and prompt_logprobs:
+            values = []
+            for j in range(1, len(ids)):
+                entry = prompt_logprobs[j] if j < len(prompt_logprobs) else None
+                got = (entry or {}).get(str(ids[j]))
+                if got is None:
+                    return None
+                values.append(got["logprob"] if isinstance(got, dict) else float(got))
+            return values
+        echoed = (choice.get("logprobs") or {}).get("token_logprobs")
+        if not echoed:
+            return None
+        if self.api == "token-ids":  # entry j is token j (entry 0 null)
+            return [float(v) for v in echoed[1:len(ids)]] if len(echoed) >= len(ids) else None
+        # llama.cpp: the entries follow what the model read after its leading BOS, and skip every
+        # later token equal to the BOS (SmolLM2's BOS <|im_start|> opens every turn).
+        read = server_ids if server_ids is not None else ids
+        offset = len(read) - len(ids)   # 1 when the server put a BOS in front of ours
+        entry_of = {}
+        for k, token in enumerate(read[1:]):
+            if token != read[0]:
+                entry_of[k] = len(entry_of)
+        if len(echoed) != len(entry_of) + 1:  # + the generated token
+            return None
+        values = []
+        for j in range(1, len(ids)):
+            k = j + offset - 1
+            value = echoed[entry_of[k]] if k in entry_of else None
+            values.append(float("nan") if value is None else float(value))
+        return values
+
+    def score(self, rollouts: list[dict], tokenizer) -> list[list[float] | None]:
+        """The teacher's log-prob of each completion token of each rollout ({input_ids,
+        prompt_len}), or None for a sequence the server reads as other tokens."""
+        sequences = [(r["input_ids"].tolist(), r["prompt_len"]) for r in rollouts]
+
+        async def score_all(client):
+            gate = asyncio.Semaphore(self.concurrency)
+
+            async def one(ids, prompt_len):
+                async with gate:
+                    if self.api == "token-ids":
+                        server_ids = None
+                        choice = await self._retried(lambda: self._complete(client, ids))
+                    else:
+                        # a server that puts BOS in front gets the text without ours (else it reads two)
+                        doubled = self.bos_id is not None and ids[:1] == [self.bos_id]
+                        text = tokenizer.decode(ids[1:] if doubled else ids, skip_special_tokens=False)
+                        server_ids = await self._retried(lambda: self._tokenize(client, text))
+                        if server_ids[len(server_ids) - len(ids):] != ids or len(server_ids) - len(ids) not in (0, 1):
+                            return None
+                        choice = await self._retried(lambda: self._complete(client, text))
+                values = self._read_logprobs(choice, ids, server_ids)
+                mine = None if values is None else values[prompt_len - 1:]
+                return None if mine is None or any(v != v for v in mine) else mine  # NaN: no entry
+            return await asyncio.gather(*(one(ids, n) for ids, n in sequences))
+        return self._run(score_all)
