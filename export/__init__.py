@@ -78,6 +78,10 @@ def run(config: ExportConfig) -> dict:
                 if pending is not None:
                     info("Computing the reference outputs of the source model")
 
+                if calibration is not None and pending is not None:
+                    # Two models loading at once in two threads give the reference wrong logits
+                    # (transformers' loading is not thread-safe), so the matrix waits for it.
+                    pending.result()
                 imatrix, imatrix_info = (None, None) if calibration is None else prepare_imatrix(
                     calibration, folder, hf_config, facts, build / f"{config.name}.imatrix.gguf", threads,
                     config.trust_remote_code)
