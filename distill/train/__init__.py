@@ -152,7 +152,7 @@ def run(config: TrainConfig) -> dict:
             summary["on_policy"] = on_policy_summary(config, trainer)
         # The merge loads the base model afresh; the trained model and the teacher go first, so
         # that two copies never coexist.
-        del trainer, model, teacher
+        del trainer, model, teacher, common
         gc.collect()
         if config.lora:
             merged = models.merge_lora(config.student, staging / "adapter", dtype, config.trust_remote_code)

@@ -116,15 +116,30 @@ def _split_one_token(tokenizer, seq: dict) -> dict:
 # --- the two loss forms, by hand -------------------------------------------------------------
 
 class FixedLogits(torch.nn.Module):
-    """A 'model' whose logits at each position are given (and trainable)."""
+    """A 'model' whose logits at each position are given (and trainable): the final hidden state
+    at position p is the one-hot vector e_p, and the output head's weight is the table transposed,
+    so the loss takes the same path through the head as for a real model."""
 
     def __init__(self, logits):
         super().__init__()
-        self.table = torch.nn.Parameter(torch.tensor(logits, dtype=torch.float32))
+        from types import SimpleNamespace
+        table = torch.tensor(logits, dtype=torch.float32)
+        self.head = torch.nn.Linear(table.shape[0], table.shape[1], bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(table.T)
+        self.config = SimpleNamespace()
+
+    def get_output_embeddings(self):
+        return self.head
+
+    @property
+    def table_grad(self) -> torch.Tensor:
+        return self.head.weight.grad.T
 
     def forward(self, input_ids=None, logits_to_keep=None, **_):
         from types import SimpleNamespace
-        return SimpleNamespace(logits=self.table[logits_to_keep[0]].unsqueeze(0))
+        hidden = torch.eye(self.head.in_features)[logits_to_keep[0]].unsqueeze(0)
+        return SimpleNamespace(logits=self.head(hidden))
 
 
 def _handwritten_batch():
@@ -165,7 +180,7 @@ def test_sampled_token_policy_gradient_matches_a_hand_computation():
     for (position, token), a in zip(sampled, advantage):  # d/dz of -a log softmax(z)[x] = -a (onehot - p)
         p = _softmax(STUDENT[position])
         expected = [-a * ((1.0 if v == token else 0.0) - p[v]) for v in range(3)]
-        assert student.table.grad[position].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+        assert student.table_grad[position].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 # --- local teacher ---------------------------------------------------------------------------
