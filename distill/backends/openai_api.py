@@ -96,6 +96,13 @@ def _describe(exc: BaseException) -> str:
     return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
 
 
+def backoff_s(attempt: int, base_s: float, hinted: float | None) -> float:
+    """Seconds to wait before retry `attempt`: exponential with jitter, at least what the server's
+    Retry-After asked for, at most MAX_WAIT_S."""
+    wait = min(MAX_WAIT_S, base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+    return wait if hinted is None else min(MAX_WAIT_S, max(wait, hinted))
+
+
 def _retry_after(exc: BaseException) -> float | None:
     response = getattr(exc, "response", None)
     try:
@@ -191,9 +198,7 @@ class OpenAIBackend:
                 last, hinted = _describe(e), _retry_after(e)
             if attempt >= self.max_retries:
                 return Completion("", "error", error=f"{last} (after {attempt} retries)")
-            wait = min(MAX_WAIT_S, self.retry_wait * 2 ** attempt) * random.uniform(0.5, 1.0)
-            if hinted is not None:
-                wait = min(MAX_WAIT_S, max(wait, hinted))
+            wait = backoff_s(attempt, self.retry_wait, hinted)
             attempt += 1
             self.retries += 1
             await asyncio.sleep(wait)

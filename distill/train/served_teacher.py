@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 
 from distill.core.chat import render_prompt
 from distill.core.errors import UserError
@@ -82,7 +81,7 @@ class ServedTeacher:
     async def _retried(self, call):
         import openai
 
-        from distill.backends.openai_api import MAX_WAIT_S, _describe, _retry_after, _retryable
+        from distill.backends.openai_api import _describe, _retry_after, _retryable, backoff_s
         attempt = 0
         while True:
             try:
@@ -96,9 +95,7 @@ class ServedTeacher:
             if attempt >= self.max_retries:
                 raise UserError(f"teacher: {self.where}: scoring failed after {attempt} retries ({last}); "
                                 "rerun the same command to resume from the last checkpoint")
-            wait = min(MAX_WAIT_S, self.retry_wait * 2 ** attempt) * random.uniform(0.5, 1.0)
-            if hinted is not None:
-                wait = min(MAX_WAIT_S, max(wait, hinted))
+            wait = backoff_s(attempt, self.retry_wait, hinted)
             attempt += 1
             self.retries += 1
             await asyncio.sleep(wait)
