@@ -110,16 +110,7 @@ class OnnxBackend:
         tokens = np.full((len(batch_ids), longest), self.pad_id, dtype=np.int32)
         for row, x in enumerate(batch_ids):
             tokens[row, :len(x)] = x
-        params = og.GeneratorParams(self.model)
-        options = dict(batch_size=len(batch_ids), max_length=longest + budget, random_seed=seed)
-        if sampling.temperature > 0:
-            # top_k off (the genai_config default is 50): the same temperature + top-p as elsewhere
-            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                           top_k=self.vocab_size or 1 << 20)
-        else:
-            options.update(do_sample=False)
-        params.set_search_options(**options)
-        generator = og.Generator(self.model, params)
+        generator = self._generator(og, sampling, len(batch_ids), longest + budget, seed)
         started = time.perf_counter()
         generator.append_tokens(tokens)
         outputs: list[list[int]] = [[] for _ in batch_ids]
@@ -175,15 +166,7 @@ class OnnxBackend:
         if budget < 1:
             return Completion("", "length", len(ids), 0, error=f"the prompt of {len(ids)} tokens fills the "
                               f"context of {self.context_length}")
-        params = og.GeneratorParams(self.model)
-        options = dict(batch_size=1, max_length=len(ids) + budget, random_seed=sampling.seed)
-        if sampling.temperature > 0:
-            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                           top_k=self.vocab_size or 1 << 20)
-        else:
-            options.update(do_sample=False)
-        params.set_search_options(**options)
-        generator = og.Generator(self.model, params)
+        generator = self._generator(og, sampling, 1, len(ids) + budget, sampling.seed)
         started = time.perf_counter()
         generator.append_tokens(np.asarray([ids], dtype=np.int32))
         out: list[int] = []
@@ -207,6 +190,18 @@ class OnnxBackend:
         last = time.perf_counter()
         first = first or last
         return Completion(text, finish, len(ids), len(out), ttft_s=first - started, decode_s=last - first)
+
+    def _generator(self, og, sampling: Sampling, batch_size: int, max_length: int, seed: int):
+        params = og.GeneratorParams(self.model)
+        options = dict(batch_size=batch_size, max_length=max_length, random_seed=seed)
+        if sampling.temperature > 0:
+            # top_k off (the genai_config default is 50): the same temperature + top-p as elsewhere
+            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                           top_k=self.vocab_size or 1 << 20)
+        else:
+            options.update(do_sample=False)
+        params.set_search_options(**options)
+        return og.Generator(self.model, params)
 
     def close(self) -> None:
         self.model = None
