@@ -100,6 +100,43 @@ def _schedule(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def save_checkpoint(path: Path, state: dict) -> None:
+    """A training state as one safetensors file (no pickle): the model's and the optimizer's
+    tensors by name, everything else as JSON in the file's metadata."""
+    from safetensors.torch import save_file
+
+    tensors, aliases, first_of = {}, {}, {}
+    for k, v in state["model"].items():  # tied weights: one tensor, the other names aliases
+        if v.data_ptr() in first_of:
+            aliases[k] = first_of[v.data_ptr()]
+        else:
+            first_of[v.data_ptr()] = k
+            tensors[f"model/{k}"] = v.detach().contiguous()
+    for pid, slots in state["optim"]["state"].items():
+        tensors.update({f"optim/{pid}/{k}": v.contiguous() for k, v in slots.items()})
+    rest = {k: v for k, v in state.items() if k not in ("model", "optim")}
+    rest["param_groups"], rest["aliases"] = state["optim"]["param_groups"], aliases
+    save_file(tensors, str(path), metadata={"state": json.dumps(rest)})
+
+
+def load_checkpoint(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        rest = json.loads(f.metadata()["state"])
+        model, slots = {}, {}
+        for key in f.keys():
+            kind, _, name = key.partition("/")
+            if kind == "model":
+                model[name] = f.get_tensor(key)
+            else:
+                pid, _, slot = name.partition("/")
+                slots.setdefault(int(pid), {})[slot] = f.get_tensor(key)
+    model.update({k: model[v] for k, v in rest.pop("aliases").items()})
+    optim = {"state": slots, "param_groups": rest.pop("param_groups")}
+    return {"model": model, "optim": optim, **rest}
+
+
 def train(model, examples: list[dict], *, steps: int, batch_size: int, lr: float, pad_id: int,
           work_dir: Path, seed: int, warmup: int = 100, weight_decay: float = 0.01,
           checkpoint_every: int = 200, model_kwargs: dict | None = None,
@@ -110,14 +147,14 @@ def train(model, examples: list[dict], *, steps: int, batch_size: int, lr: float
     build continues where it stopped (the batch order is a function of the seed and the step).
     A checkpoint written with another `fingerprint` (other settings) is not resumed."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = work_dir / "checkpoint.pt"
+    checkpoint = work_dir / "checkpoint.safetensors"
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: _schedule(s, steps, warmup))
     step, losses = 0, []
-    state = torch.load(checkpoint, weights_only=False) if checkpoint.is_file() else None
+    state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
     if state is not None and state.get("fingerprint", fingerprint) != fingerprint:
         info(f"{checkpoint} was written with other settings; starting over")
         state = None
@@ -156,9 +193,9 @@ def train(model, examples: list[dict], *, steps: int, batch_size: int, lr: float
                      f"lr {sched.get_last_lr()[0]:.2e} ({time.time() - started:.0f} s)")
             if step % checkpoint_every == 0 or step == last:
                 with atomic_path(checkpoint) as tmp:
-                    torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
-                                "sched": sched.state_dict(), "step": step, "losses": losses,
-                                "fingerprint": fingerprint}, tmp)
+                    save_checkpoint(tmp, {"model": model.state_dict(), "optim": optim.state_dict(),
+                                          "sched": sched.state_dict(), "step": step, "losses": losses,
+                                          "fingerprint": fingerprint})
                 if on_checkpoint is not None and step < last:
                     on_checkpoint(step)
                     model.train()

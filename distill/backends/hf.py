@@ -175,10 +175,13 @@ class HFBackend:
         queue, rows = deque(queue), []
         cache = mask = logits = None
         watch = _Watch(self.tokenizer, set(self.eos_ids), sampling, self._pieces)
+        # Newcomers join once a quarter of the batch is free (or the queue fits): each join is a
+        # prefill call and a copy of the whole cache, too dear to pay for every finished row.
+        join_at = max(1, self.batch_size // 4)
         with torch.inference_mode():
             while queue or rows:
                 free = self.batch_size - len(rows)
-                if queue and free and (cache is None or _joinable(cache)):
+                if queue and free >= min(join_at, len(queue)) and (cache is None or _joinable(cache)):
                     new = [queue.popleft() for _ in range(min(free, len(queue)))]
                     new_cache, new_mask, new_logits = self._prefill(new)
                     cache, mask = _join(cache, mask, new_cache, new_mask)

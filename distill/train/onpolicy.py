@@ -30,6 +30,8 @@ from distill.core.errors import UserError
 
 from .batching import count_tokens
 from .chat_format import IGNORE
+from .head import teacher_side
+from .losses import CHUNK_LOGITS
 from .trainer import DistillTrainer, loss_sums
 
 REVERSE_KL = (0.0, 1.0, "reverse_kl")  # kd_alpha 0 (no CE on the student's own samples), T = 1
@@ -70,13 +72,16 @@ class PromptBatches:
 
 def sampled_token_logprobs(model, batch: dict) -> torch.Tensor:
     """log p(x) of every trained token of the batch under `model`, in shift_labels[trained]
-    order, without gradients (the advantage of the policy-gradient step is a constant)."""
+    order, without gradients (the advantage of the policy-gradient step is a constant). The
+    head projects a chunk of positions at a time, as in the loss: never N x V logits at once."""
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels", "token_weights")}
     trained = batch["shift_labels"].ne(IGNORE)
     wanted = batch["shift_labels"][trained]
+    hidden, head = teacher_side(model, inputs, trained)
+    rows = max(1, CHUNK_LOGITS // head.weight.shape[0])
     with torch.no_grad():
-        logits = model(**inputs, use_cache=False, logits_to_keep=trained).logits
-        return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), wanted, reduction="none")
+        return torch.cat([-F.cross_entropy(head.logits(hidden[i:i + rows]).float(), wanted[i:i + rows], reduction="none")
+                          for i in range(0, len(wanted), rows)])
 
 
 def step_seed(seed: int, *parts) -> int:

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from data.build.common import IGNORE, batch_order, chat_examples, r1_completion, train
+from data.build.common import IGNORE, batch_order, chat_examples, load_checkpoint, r1_completion, train
 from data.build.pretrain_student import PHRASES, document, story_document, vocabulary_document
 from data.demo_task import load_split
 from tests.conftest import DEMO_TOKENIZER
@@ -108,7 +108,7 @@ def test_a_build_can_stop_early_in_its_schedule(tiny_model, tokenizer, tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model("qwen2"), dtype=torch.float32)
     info = train(model, examples, steps=20, stop_at=3, batch_size=4, lr=1e-3, pad_id=tokenizer.pad_token_id,
                  seed=0, warmup=2, work_dir=tmp_path, fingerprint="x")
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert info["steps"] == 3 and state["step"] == 3 and len(state["losses"]) == 3
     # The lr followed the 20-step schedule: 3 steps in, it is at its peak, not decayed to the floor.
     assert state["sched"]["_last_lr"][0] > 0.9e-3
@@ -180,3 +180,18 @@ def test_phase_two_uses_the_everyday_words_the_task_needs_but_not_its_sentences(
     counts = Counter(t for text in texts for t in tokenizer.tokenize(text))
     for word in ("Then", "How", "now", "gets", "doubles", "triples", "quadruples"):
         assert counts["Ġ" + word] >= 50, word
+
+
+def test_multiplier_probe_reads_the_factor_positions_of_the_test_split(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data.build.probe_multiplier import demo_factor_table, next_token_probs
+    folder = tiny_model("qwen2")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    table = demo_factor_table(model, tokenizer, problems=40)
+    assert table.shape == (3, 3) and torch.allclose(table.sum(1), torch.ones(3))
+    # the three options differ only in their last token: the probabilities are of distinct ids
+    probs = next_token_probs(model, tokenizer, "Ava has 3 cups. 3 * ", ["2", "3", "4"])
+    assert probs.shape == (3,) and len(set(probs.tolist())) == 3

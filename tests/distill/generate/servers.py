@@ -40,6 +40,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class JSONHandler(BaseHTTPRequestHandler):
+    """What every test server's handler shares: HTTP/1.0, no request log, JSON answers."""
+    protocol_version = "HTTP/1.0"
+    models = ("fake",)
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self._json(200, {"object": "list", "data": [{"id": name, "object": "model"} for name in self.models]})
+
+    def _json(self, status, obj, headers=None):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def serve(handler: type) -> QuietHTTPServer:
+    """`handler` served on 127.0.0.1 and a free port from a daemon thread."""
+    server = QuietHTTPServer(("127.0.0.1", free_port()), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def default_respond(user_text: str, request: dict) -> dict:
     return {"content": "<think>\nThinking.\n</think>\n\nThe answer is \\boxed{1}."}
 
@@ -67,15 +97,7 @@ class FakeOpenAI:
     def __enter__(self) -> "FakeOpenAI":
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self._json(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
-
+        class Handler(JSONHandler):
             def do_POST(self):
                 # small SSE writes would otherwise wait for delayed ACKs (Nagle)
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -83,19 +105,7 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fake.handle(self, body)
 
-            def _json(self, status, obj, headers=None):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = QuietHTTPServer(("127.0.0.1", free_port()), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve(Handler)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,12 +13,11 @@ import socket
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 
-from tests.distill.generate.servers import QuietHTTPServer, free_port
+from tests.distill.generate.servers import JSONHandler, serve
 
 
 class VLLMStyleScorer:
@@ -41,14 +40,8 @@ class VLLMStyleScorer:
     def __enter__(self) -> "VLLMStyleScorer":
         scorer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self._json(200, {"object": "list", "data": [{"id": "teacher", "object": "model"}]})
+        class Handler(JSONHandler):
+            models = ("teacher",)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -68,17 +61,7 @@ class VLLMStyleScorer:
                     return None
                 return self._json(200, scorer.complete(body))
 
-            def _json(self, status, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = QuietHTTPServer(("127.0.0.1", free_port()), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve(Handler)
         return self
 
     def __exit__(self, *exc) -> None:
