@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from .losses import CHUNK_LOGITS
+from .losses import chunk_rows
 
 GB = 1024 ** 3
 # Public config.json numbers of the students the shipped pipelines train (no hub access needed).
@@ -98,7 +98,7 @@ def estimate(student: Shape, *, tokens: int, lora: bool, lora_r: int = 16, bf16:
         parts["gradients"] = params * width / shards
         parts["optimizer (AdamW)"] = 2 * params * width / shards
     parts["activations"] = tokens * student.activation_elements_per_token(checkpointing) * width
-    rows = min(tokens, max(1, CHUNK_LOGITS // student.vocab_size))
+    rows = min(tokens, chunk_rows(student.vocab_size))
     chunk = rows * student.vocab_size * 4 * (8 if teacher else 4)  # fp32 logits, log-softmax, gradient (x2 for KD)
     head_gradient = 0 if lora else student.vocab_size * student.hidden_size * 4
     parts["loss (one chunk)"] = chunk + head_gradient + tokens * student.hidden_size * width

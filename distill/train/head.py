@@ -104,17 +104,18 @@ def head_of(module: torch.nn.Linear, transform) -> Head:
     return Head(module.weight, module.bias, transform or identity)
 
 
-def teacher_side(teacher, inputs: dict, trained: torch.Tensor) -> tuple[torch.Tensor, Head]:
-    """The teacher's final hidden states at the trained positions [N, H] and its head."""
+def hidden_and_head(model, inputs: dict, trained: torch.Tensor) -> tuple[torch.Tensor, Head]:
+    """The model's final hidden states at the trained positions [N, H] and its head, without
+    gradients (a KD teacher's side, or the student's own log-probs for an on-policy advantage)."""
     captured = {}
 
     def capture(module, hidden, transform):
         captured["hidden"], captured["head"] = _trained_hidden(hidden), head_of(module, transform)
         return hidden.new_ones((1,), dtype=torch.float32)
 
-    with torch.no_grad(), _head_forward(teacher, capture):
-        out = teacher(**inputs, use_cache=False, logits_to_keep=trained)
-    _require_unchanged(teacher, out.logits, 1.0)
+    with torch.no_grad(), _head_forward(model, capture):
+        out = model(**inputs, use_cache=False, logits_to_keep=trained)
+    _require_unchanged(model, out.logits, 1.0)
     return captured["hidden"], captured["head"]
 
 

@@ -33,6 +33,11 @@ from .config import KD_LOSSES
 CHUNK_LOGITS = 1 << 24  # logits per chunk: 64 MB in fp32, a few such tensors alive at once
 
 
+def chunk_rows(vocab: int, chunk_logits: int = 0) -> int:
+    """Positions projected onto a `vocab`-wide head at once: one chunk of logits."""
+    return max(1, (chunk_logits or CHUNK_LOGITS) // vocab)
+
+
 def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor,
                       weights: torch.Tensor | None = None) -> torch.Tensor:
     """logits [N, V] and targets [N] of trained positions; weights [N] scale each position's term."""
@@ -121,7 +126,7 @@ class HeadLoss(torch.autograd.Function):
         # forward() runs with autograd off: whether gradients are wanted was decided by the caller
         wanted = [t is not None and t.requires_grad and grad_enabled for t in (hidden, weight, bias)]
         n = hidden.shape[0]
-        rows = max(1, (spec.chunk_logits or CHUNK_LOGITS) // weight.shape[0])
+        rows = chunk_rows(weight.shape[0], spec.chunk_logits)
         grad_h = torch.zeros_like(hidden) if wanted[0] else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if wanted[1] else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if wanted[2] else None

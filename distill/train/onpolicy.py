@@ -30,8 +30,8 @@ from distill.core.errors import UserError
 
 from .batching import count_tokens
 from .chat_format import IGNORE
-from .head import teacher_side
-from .losses import CHUNK_LOGITS
+from .head import hidden_and_head
+from .losses import chunk_rows
 from .trainer import DistillTrainer, loss_sums
 
 REVERSE_KL = (0.0, 1.0, "reverse_kl")  # kd_alpha 0 (no CE on the student's own samples), T = 1
@@ -77,8 +77,8 @@ def sampled_token_logprobs(model, batch: dict) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels", "token_weights")}
     trained = batch["shift_labels"].ne(IGNORE)
     wanted = batch["shift_labels"][trained]
-    hidden, head = teacher_side(model, inputs, trained)
-    rows = max(1, CHUNK_LOGITS // head.weight.shape[0])
+    hidden, head = hidden_and_head(model, inputs, trained)
+    rows = chunk_rows(head.weight.shape[0])
     with torch.no_grad():
         return torch.cat([-F.cross_entropy(head.logits(hidden[i:i + rows]).float(), wanted[i:i + rows], reduction="none")
                           for i in range(0, len(wanted), rows)])

@@ -18,7 +18,7 @@ from distill.core import progress
 
 from .batching import count_tokens
 from .chat_format import IGNORE
-from .head import loss_from_model, teacher_side
+from .head import loss_from_model, hidden_and_head
 from .losses import LossSpec
 
 
@@ -35,7 +35,7 @@ def loss_sums(model, batch: dict, teacher=None, kd: tuple = (0.5, 1.0, "forward_
     trained = batch["shift_labels"].ne(IGNORE)
     spec = LossSpec(batch["shift_labels"][trained], batch.get("token_weights"), kd=kd)
     if teacher is not None:
-        spec.teacher_hidden, spec.teacher_head = teacher_side(teacher, inputs, trained)
+        spec.teacher_hidden, spec.teacher_head = hidden_and_head(teacher, inputs, trained)
     total, ce, divergence = loss_from_model(model, inputs, trained, spec)
     if teacher is None:
         return total, None, None, int(spec.targets.numel())
