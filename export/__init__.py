@@ -31,9 +31,9 @@ def run(config: ExportConfig) -> dict:
                           write_card_files, write_tarball)
     from .plan import (check_out_folder, choose_context, choose_formats, drop_unfitting_candidates,
                        needs_base_f16, precheck_fit, remove_stale_temporaries, require_imatrix,
-                       require_runtimes, validation_threads)
+                       require_runtimes, split_threads, validation_threads)
     from .profiles import choose_gguf, load_profile, profile_summary
-    from .reference import build_reference
+    from .reference import ReferenceProcess
     from .source import model_facts, resolve_model
     from .validate import HeldOut
 
@@ -49,6 +49,7 @@ def run(config: ExportConfig) -> dict:
     for name in remove_stale_temporaries(out):
         info(f"Removed {name}, left by an export that was stopped")
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.work.", dir=out.parent))
+    pending = None
     try:
         folder, hf_config, merged = resolve_model(config.model, work, config.trust_remote_code)
         facts = model_facts(folder, hf_config)
@@ -68,20 +69,19 @@ def run(config: ExportConfig) -> dict:
             check_names(read_imatrix(calibration.imatrix_file), model_matrices(folder, hf_config, facts),
                         str(calibration.imatrix_file))
 
+        # The HF reference is made in a child process while the inputs are hashed and the GGUF
+        # files written.
+        pending = ReferenceProcess(folder, new_tokens=16, threads=split_threads(check_threads)[0],
+                                   trust_remote_code=config.trust_remote_code,
+                                   work=work / "reference") if config.validate else None
+        if pending is not None:
+            info("Computing the reference outputs of the source model")
         with StageRecord("export", config, out) as rec:
             with atomic_dir(out, overwrite=True) as build:
-                # The HF reference is computed in a thread while the GGUF files are written
-                # (torch and the writer both spend their time outside the GIL).
-                pending = ThreadPoolExecutor(1).submit(
-                    build_reference, folder, new_tokens=16, threads=check_threads,
-                    trust_remote_code=config.trust_remote_code) if config.validate else None
-                if pending is not None:
-                    info("Computing the reference outputs of the source model")
-
                 if calibration is not None and pending is not None:
-                    # Two models loading at once in two threads give the reference wrong logits
-                    # (transformers' loading is not thread-safe), so the matrix waits for it.
-                    pending.result()
+                    # One copy of the model at a time: the reference's is freed while the matrix
+                    # is computed (it loads again to judge greedy runs).
+                    pending.release()
                 imatrix, imatrix_info = (None, None) if calibration is None else prepare_imatrix(
                     calibration, folder, hf_config, facts, build / f"{config.name}.imatrix.gguf", threads,
                     config.trust_remote_code)
@@ -89,6 +89,8 @@ def run(config: ExportConfig) -> dict:
                                                          work, threads, imatrix)
                 uncalibrated = build_uncalibrated(config, gguf_types, build, work, base_f16, threads) \
                     if imatrix is not None and config.imatrix_compare else []
+                if onnx_precisions and pending is not None:
+                    pending.release()  # the ONNX builder loads the model once more
                 artifacts += build_onnx_folders(config, folder, onnx_precisions, build, work, context)
 
                 heldout = None
@@ -96,6 +98,8 @@ def run(config: ExportConfig) -> dict:
                     heldout = HeldOut([t.tolist() for t in calibration.heldout], work / "f16-heldout-logits.npy")
                 results, base_result = ({}, None) if pending is None else validate_all(
                     artifacts + uncalibrated, pending, base_f16, check_threads, config.max_quant_kld, work, heldout)
+                if pending is not None:
+                    pending.stop()  # its model is not needed any more
                 failures = [f"base f16: {f}" for f in (base_result or {}).get("failures", [])]
                 entries = _entries(artifacts, uncalibrated, results, build, facts, profile, context,
                                    config, imatrix is not None, failures)
@@ -154,6 +158,8 @@ def run(config: ExportConfig) -> dict:
             out.rmdir()
         raise
     finally:
+        if pending is not None:
+            pending.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

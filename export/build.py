@@ -3,7 +3,6 @@ validate everything (f16 first, since every quantized file is compared with it).
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional
 
@@ -12,11 +11,11 @@ from distill.core.progress import info
 from .config import GGUF_FLOAT_TYPES, NEEDS_IMATRIX, ExportConfig
 from .gguf_writer import write_gguf
 from .onnx_export import build_onnx
-from .plan import needs_base_f16
+from .plan import needs_base_f16, split_threads
 from .quantize import quantize
-from .reference import Reference
+from .reference import ReferenceProcess
 from .source import ModelFacts
-from .validate import HeldOut, check_gguf, check_onnx, finish_check_gguf, reference_job, start_check_gguf
+from .validate import HeldOut, check_gguf, check_onnx, finish_check_gguf, inputs_part, start_check_gguf
 
 Artifact = tuple[Path, str, str]  # (path, format, quant)
 
@@ -74,14 +73,14 @@ def build_onnx_folders(config: ExportConfig, folder: Path, precisions: list[str]
     return artifacts
 
 
-def validate_all(artifacts: list[Artifact], reference: "Future[Reference]", base_f16: Optional[Path],
+def validate_all(artifacts: list[Artifact], reference: ReferenceProcess, base_f16: Optional[Path],
                  threads: int, max_quant_kld: float, work: Path, heldout: Optional[HeldOut] = None
                  ) -> tuple[dict[Path, dict], Optional[dict]]:
     """Validation result per artifact path, and that of the hidden base f16 file if there is one.
-    Each GGUF is checked in a child process (validate.check_gguf); the first one starts loading
-    while the HF reference is still being computed. The f16 file's held-out logits stay in
-    `work` for the quantized files' comparison. With `heldout`, GGUF files are also measured
-    against f16 on the held-out calibration texts."""
+    Each GGUF is checked in a child process (validate.check_gguf); the first one loads and
+    decodes while the reference process still loads the HF model. The f16 file's held-out logits stay in `work`
+    for the quantized files' comparison. With `heldout`, GGUF files are also measured against
+    f16 on the held-out calibration texts."""
     results: dict[Path, dict] = {}
     base_result = None
     f16_logits = work / "f16-logits.npy"
@@ -89,23 +88,24 @@ def validate_all(artifacts: list[Artifact], reference: "Future[Reference]", base
     first = (base_f16, "f16") if base_f16 is not None else (ggufs[0][0], ggufs[0][2]) if ggufs else None
     child = None
     if first is not None and first[1] in GGUF_FLOAT_TYPES:
-        child = start_check_gguf(first[0], first[1], threads, max_quant_kld,
+        child = start_check_gguf(first[0], first[1], split_threads(threads)[1], None, max_quant_kld,
                                  f16_logits if first[1] == "f16" else None, work / f"check-{first[0].name}.log",
                                  heldout)
-    ref_job = reference_job(reference.result(), work / "reference")
+        child.send(inputs_part(reference.inputs()))
+    ref = reference.inputs()
     if base_f16 is not None:
         info("Checking the base f16 GGUF against the source model")
-        base_result = finish_check_gguf(child, ref_job)
+        base_result = finish_check_gguf(child, ref, work, inputs_sent=True)
         child = None
     for path, fmt, quant in ggufs + [a for a in artifacts if a[1] != "gguf"]:
         info(f"Validating {path.name}")
         if fmt == "onnx":
-            results[path] = check_onnx(path, quant, reference.result())
+            results[path] = check_onnx(path, quant, ref)
         elif child is not None and path == first[0]:
-            results[path] = finish_check_gguf(child, ref_job)
+            results[path] = finish_check_gguf(child, ref, work, inputs_sent=True)
             child = None
         else:
-            results[path] = check_gguf(path, quant, ref_job, threads, f16_logits if f16_logits.is_file() else None,
+            results[path] = check_gguf(path, quant, ref, work, threads, f16_logits if f16_logits.is_file() else None,
                                        max_quant_kld, f16_logits if quant == "f16" else None,
                                        work / f"check-{path.name}.log", heldout)
     return results, base_result

@@ -1,11 +1,12 @@
-"""llama.cpp work in a child process. llama.cpp aborts the whole process on a failed assertion
-(a vocabulary with two ids of the same text, a malformed header), so quantizing, loading and
+"""Export work in child processes. llama.cpp aborts the whole process on a failed assertion (a
+vocabulary with two ids of the same text, a malformed header), so quantizing, loading and
 validating each artifact runs in its own `python -m export.native` child: an abort there becomes
-`NativeAbort` here, with llama.cpp's own assertion as the message.
+`NativeAbort` here, with llama.cpp's own assertion as the message. The HF reference runs in one
+too (export/reference.py), so that torch and transformers import and run on another core.
 
-Only small things cross the boundary: the job and its result as one JSON line each way. Arrays
-(reference logits, the f16 file's logits) travel as .npy files in the export's work folder, which
-the child memory-maps."""
+Only small things cross the boundary: JSON lines each way (the job, the parts a child waits for,
+the messages it sends back, its result). Arrays (reference logits, the f16 file's logits) travel
+as .npy files in the export's work folder, which the child memory-maps."""
 
 from __future__ import annotations
 
@@ -36,29 +37,46 @@ def last_words(log_path: Path) -> str:
 
 
 class Child:
-    """A running `python -m export.native OP` child. Its job is sent at once; `finish` can send a
-    second part the job waits for (the reference outputs, computed meanwhile), then collects the
-    result."""
+    """A running `python -m export.native OP` child. Its job is sent at once; `send` (and `finish`)
+    send further parts the job waits for, `receive` reads what it sends back meanwhile, and
+    `finish` collects its result."""
 
     def __init__(self, op: str, job: dict, log_path: Path):
         env = {**os.environ, "GGML_NO_BACKTRACE": "1",  # else the last lines are a debugger's frames
                "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        self.log_path = log_path
+        self.job, self.log_path = job, log_path
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "export.native", op], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log, env=env, cwd=REPO)
-        self._send(job)
+        self.send(job)
 
-    def _send(self, part: dict) -> None:
+    def send(self, part: dict) -> None:
         try:
             self.proc.stdin.write((json.dumps(part) + "\n").encode())
             self.proc.stdin.flush()
         except BrokenPipeError:  # it has already ended; `finish` says why
             pass
 
+    def receive(self) -> dict:
+        """The next message the child sends (`emit`) before its result."""
+        line = self.proc.stdout.readline()
+        if line:
+            return json.loads(line)
+        raise self._ended()
+
+    def stop(self) -> None:
+        """End a child that would otherwise wait for more (its files are written and read)."""
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass
+        self.proc.kill()
+        self.proc.wait()
+
     def finish(self, more: dict | None = None) -> dict:
         if more is not None:
-            self._send(more)
+            self.send(more)
         try:
             self.proc.stdin.close()
         except BrokenPipeError:
@@ -68,9 +86,12 @@ class Child:
         lines = out.decode("utf-8", errors="replace").strip().splitlines()
         if self.proc.returncode == 0 and lines:
             return json.loads(lines[-1])
-        code = self.proc.returncode
+        raise self._ended()
+
+    def _ended(self) -> NativeAbort:
+        code = self.proc.wait()
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        raise NativeAbort(f"{last_words(self.log_path) or 'no message'} ({how})")
+        return NativeAbort(f"{last_words(self.log_path) or 'no message'} ({how})")
 
 
 def run_child(op: str, job: dict, log_path: Path) -> dict:
@@ -79,27 +100,37 @@ def run_child(op: str, job: dict, log_path: Path) -> dict:
     return Child(op, job, log_path).finish()
 
 
-def _quantize(job: dict, more) -> dict:
+def _quantize(job: dict, more, emit) -> dict:
     from .quantize import quantize_here
     return quantize_here(job)
 
 
-def _check_gguf(job: dict, more) -> dict:
+def _check_gguf(job: dict, more, emit) -> dict:
     from .validate import check_gguf_here
-    return check_gguf_here(job, more)
+    return check_gguf_here(job, more, emit)
 
 
-OPS = {"quantize": _quantize, "check_gguf": _check_gguf}
+def _reference(job: dict, more, emit) -> dict:
+    from .reference import reference_here
+    return reference_here(job, more, emit)
+
+
+OPS = {"quantize": _quantize, "check_gguf": _check_gguf, "reference": _reference}
 
 
 def main() -> int:
     # The result goes to the real stdout; anything native code prints goes to the log.
     result_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    job = json.loads(sys.stdin.readline())
-    result = OPS[sys.argv[1]](job, lambda: json.loads(sys.stdin.readline()))
-    result_out.write(json.dumps(result) + "\n")
-    result_out.flush()
+    def more() -> dict | None:  # the next part the parent sends; None once it has closed
+        line = sys.stdin.readline()
+        return json.loads(line) if line else None
+
+    def emit(message: dict) -> None:
+        result_out.write(json.dumps(message) + "\n")
+        result_out.flush()
+
+    emit(OPS[sys.argv[1]](more(), more, emit))
     return 0
 
 

@@ -1,14 +1,22 @@
-"""What every artifact is checked against: the Hugging Face model's tokens, greedy continuations
-and next-token distributions on fixed text, computed once in fp32."""
+"""What every artifact is checked against: the Hugging Face model's tokens and next-token
+distributions on fixed text, in fp32, and its verdict on each artifact's greedy continuations.
+
+The export makes the reference in a child process (ReferenceProcess) while it writes the GGUF
+files. Greedy runs are judged by teacher forcing: one forward pass of the HF model over the
+prompt and the artifact's tokens shows at every step whether the HF model would have chosen that
+token. That is the verdict of decoding the HF model step by step and comparing, for one pass
+instead of one weight-bound step per token.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from distill.backends.logits import eos_ids, kl_and_top1, log_softmax, torch_logits  # noqa: F401 (re-exported)
+from distill.backends.logits import eos_ids, torch_logits
 from distill.core.chat import assistant_message, render_prompt
 
 # Strings that trip tokenizers: digit runs, whitespace runs, non-Latin scripts and emoji, the
@@ -36,18 +44,6 @@ HELD_OUT = (
 HELD_OUT_TOKENS = 128
 
 
-@dataclass
-class Reference:
-    tokenizer: object
-    eos_ids: set[int]
-    corpus: list[str]
-    prompts: list[list[int]] = field(default_factory=list)
-    greedy: list[list[int]] = field(default_factory=list)          # HF greedy tokens per prompt
-    greedy_logits: list[np.ndarray] = field(default_factory=list)  # HF logits at each greedy step
-    held_out: list[int] = field(default_factory=list)
-    held_out_logits: np.ndarray | None = None                      # [tokens, vocab]
-
-
 def _render(tokenizer, text: str) -> str:
     if getattr(tokenizer, "chat_template", None):
         return render_prompt(tokenizer, text)
@@ -72,79 +68,192 @@ def _eos_ids(folder: Path, tokenizer) -> set[int]:
     return set(eos_ids(generation, tokenizer=tokenizer))
 
 
-def build_reference(folder: Path, new_tokens: int, threads: int, trust_remote_code: bool = False) -> Reference:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+@dataclass
+class Reference:
+    """What every artifact is compared with. The HF model's outputs may still be on their way:
+    `held_out_logits()` waits for them ([tokens, vocab]); `judge(index, tokens, rel_tolerance)`
+    asks for the HF model's verdict on a greedy continuation of prompt `index` (see
+    `greedy_verdict`) and returns a function that waits for it, so that several can be asked
+    at once."""
+    eos_ids: set[int]
+    corpus: list[str]
+    expected: dict[str, list[list[int]]]      # the HF tokenizer's ids per mode ("plain", "default")
+    prompts: list[list[int]]
+    held_out: list[int]
+    new_tokens: int
+    held_out_logits: Callable[[], np.ndarray]
+    judge: Callable[[int, list[int], float], Callable[[], dict]]
+
+
+@dataclass
+class HFModel:
+    """The HF side, kept where the reference is made; the model loads on first use."""
+    folder: Path
+    trust_remote_code: bool = False
+    model: object = None
+
+    def loaded(self):
+        if self.model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # our own progress lines say what is happening
+            self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=torch.float32,
+                                                              trust_remote_code=self.trust_remote_code).eval()
+        return self.model
+
+
+def reference_inputs(folder: Path, trust_remote_code: bool, new_tokens: int) -> dict:
+    """The token ids of the reference (the HF tokenizer alone), as JSON-ready lists."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     corpus = list(TOKEN_CORPUS)
     corpus.append(_render(tokenizer, GREEDY_PROMPTS[0]))
     specials = [t for t in tokenizer.get_added_vocab()][:64]
     corpus.append("x" + " y".join(specials) + "\nz")
-    ref = Reference(tokenizer=tokenizer, eos_ids=_eos_ids(folder, tokenizer), corpus=corpus)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # our own progress lines say what is happening
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code).eval()
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        _run_reference(model, tokenizer, ref, new_tokens)
-    finally:
-        torch.set_num_threads(torch_threads)
-    del model
-    return ref
+    return {"eos_ids": sorted(_eos_ids(folder, tokenizer)), "corpus": corpus,
+            "expected": {mode: [tokenizer.encode(text, add_special_tokens=special) for text in corpus]
+                         for mode, special in (("plain", False), ("default", True))},
+            "prompts": [tokenizer.encode(_render(tokenizer, t), add_special_tokens=False) for t in GREEDY_PROMPTS],
+            "held_out": tokenizer.encode(_held_out_text(tokenizer), add_special_tokens=False)[:HELD_OUT_TOKENS],
+            "new_tokens": new_tokens}
 
 
-def _run_reference(model, tokenizer, ref: Reference, new_tokens: int) -> None:
+def local_reference(folder: Path, new_tokens: int = 16, trust_remote_code: bool = False) -> Reference:
+    """The reference made in this process (tests; the export makes it in a ReferenceProcess)."""
+    hf = HFModel(folder, trust_remote_code)
+    inputs = reference_inputs(folder, trust_remote_code, new_tokens)
+    logits = torch_logits(hf.loaded(), inputs["held_out"])
+
+    def judge(index: int, tokens: list[int], rel_tolerance: float) -> Callable[[], dict]:
+        verdict = judge_greedy(hf, inputs, index, tokens, rel_tolerance)
+        return lambda: verdict
+
+    return Reference(**{**inputs, "eos_ids": set(inputs["eos_ids"])}, held_out_logits=lambda: logits, judge=judge)
+
+
+class ReferenceProcess:
+    """The reference made and kept in a `python -m export.native reference` child: importing
+    torch and transformers and loading the model there run on another core while this process
+    hashes and writes the GGUF files (in a thread they would take turns on the GIL). It sends
+    the token ids first, so that a llama.cpp check can decode its own outputs while the model
+    still loads, then the held-out logits (a .npy file in `work`), then the verdicts asked for,
+    in order; `release` frees its model until it is needed again."""
+
+    def __init__(self, folder: Path, new_tokens: int, threads: int, trust_remote_code: bool, work: Path):
+        from .native import Child
+
+        work.mkdir(parents=True, exist_ok=True)
+        self.folder, logits_path = folder, work / "held_out_logits.npy"
+        self.child = Child("reference", {"folder": str(folder), "new_tokens": new_tokens, "threads": threads,
+                                         "trust_remote_code": trust_remote_code, "logits": str(logits_path)},
+                           work / "reference.log")
+        self._ref: Reference | None = None
+        self._logits: np.ndarray | None = None
+        self._asked = 0            # verdicts asked for
+        self._verdicts: list = []  # verdicts read so far, in the order asked
+
+    def _receive(self) -> dict:
+        from distill.core.errors import UserError
+
+        from .native import NativeAbort
+        try:
+            return self.child.receive()
+        except NativeAbort as e:
+            raise UserError(f"{self.folder}: transformers could not run the model to check the export "
+                            f"against it: {e}") from None
+
+    def inputs(self) -> Reference:
+        """The reference, once its token ids are there (the model's outputs follow)."""
+        if self._ref is None:
+            part = self._receive()
+            self._ref = Reference(**{**part, "eos_ids": set(part["eos_ids"])}, held_out_logits=self._held_out_logits,
+                                  judge=self._judge)
+        return self._ref
+
+    def _held_out_logits(self) -> np.ndarray:
+        self.inputs()
+        if self._logits is None:
+            self._logits = np.load(self._receive()["held_out_logits"], mmap_mode="r")
+        return self._logits
+
+    def _judge(self, index: int, tokens: list[int], rel_tolerance: float) -> Callable[[], dict]:
+        self.child.send({"index": index, "tokens": [int(t) for t in tokens], "tolerance": rel_tolerance})
+        number, self._asked = self._asked, self._asked + 1
+
+        def verdict() -> dict:
+            self._held_out_logits()  # sent before any verdict
+            while len(self._verdicts) <= number:
+                self._verdicts.append(self._receive())
+            return self._verdicts[number]
+        return verdict
+
+    def release(self) -> None:
+        self._held_out_logits()
+        self.child.send({"release": True})
+
+    def stop(self) -> None:
+        if self.child.proc.poll() is None:
+            self.child.stop()
+
+
+def reference_here(job: dict, more, emit) -> dict:
+    """In the reference child: the token ids, then the held-out logits, then verdicts."""
     import torch
-
-    with torch.no_grad():
-        for text in GREEDY_PROMPTS:
-            ids = tokenizer.encode(_render(tokenizer, text), add_special_tokens=False)
-            tokens, steps = [], []
-            out = model(torch.tensor([ids]), use_cache=True)
-            for step in range(new_tokens):
-                logits = out.logits[0, -1].float()
-                token = int(logits.argmax())
-                tokens.append(token)
-                steps.append(logits.numpy().copy())
-                if step + 1 < new_tokens:
-                    out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
-            ref.prompts.append(ids)
-            ref.greedy.append(tokens)
-            ref.greedy_logits.append(np.stack(steps))
-        ref.held_out = tokenizer.encode(_held_out_text(tokenizer), add_special_tokens=False)[:HELD_OUT_TOKENS]
-        ref.held_out_logits = torch_logits(model, ref.held_out)
+    torch.set_num_threads(job["threads"])
+    hf = HFModel(Path(job["folder"]), job["trust_remote_code"])
+    inputs = reference_inputs(hf.folder, hf.trust_remote_code, job["new_tokens"])
+    emit(inputs)
+    np.save(job["logits"], torch_logits(hf.loaded(), inputs["held_out"]))
+    emit({"held_out_logits": job["logits"]})
+    while (request := more()) is not None:
+        if request.get("release"):
+            hf.model = None
+        else:
+            emit(judge_greedy(hf, inputs, request["index"], request["tokens"], request["tolerance"]))
+    return {}
 
 
-def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     for i, t in enumerate(tokens):
         if t in eos_ids:
             return tokens[: i + 1]
     return tokens
 
 
-def compare_greedy(ref: Reference, index: int, tokens: list[int], rel_tolerance: float) -> dict:
-    """Greedy tokens against the HF ones. A divergence where the HF model itself had two
-    candidates within `rel_tolerance` of its logit scale is a tie that rounding may break
-    either way, not an error; everything after it is no longer comparable."""
-    want = _until_eos(ref.greedy[index], ref.eos_ids)
-    got = _until_eos(list(tokens), ref.eos_ids)
-    for i, (a, b) in enumerate(zip(want, got)):
-        if a != b:
-            step = ref.greedy_logits[index][i]
-            gap = float(step[a] - step[b]) if b < step.shape[0] else float("inf")
+def judge_greedy(hf: HFModel, inputs: dict, index: int, tokens: list[int], rel_tolerance: float) -> dict:
+    """An artifact's greedy continuation of prompt `index`, judged by the HF model (teacher
+    forced; the logits of the prompt's own positions are not computed)."""
+    import torch
+
+    eos = set(inputs["eos_ids"])
+    tokens = until_eos([int(t) for t in tokens], eos)
+    with torch.inference_mode():
+        logits = hf.loaded()(torch.tensor([inputs["prompts"][index] + tokens]),
+                             logits_to_keep=len(tokens) + 1).logits[0].float().numpy()
+    return greedy_verdict(logits, tokens, eos, rel_tolerance, inputs["new_tokens"])
+
+
+def greedy_verdict(step_logits: np.ndarray, tokens: list[int], eos_ids: set[int], rel_tolerance: float,
+                   new_tokens: int | None = None) -> dict:
+    """Whether `tokens` are the greedy choices of the model whose next-token logits before each of
+    them are `step_logits` (one row more than the tokens: the step after the last one). A token
+    other than the argmax where the model had two candidates within `rel_tolerance` of its logit
+    scale is a tie that rounding may break either way, not an error; everything after it is no
+    longer comparable. Tokens that end early (no end-of-generation id, fewer than `new_tokens`)
+    are a difference at the step where the model would have gone on."""
+    for i, token in enumerate(tokens):
+        step = step_logits[i]
+        best = int(step.argmax())
+        if token != best:
+            gap = float(step[best] - step[token]) if token < step.shape[0] else float("inf")
             tol = rel_tolerance * max(1.0, float(np.abs(step).max()))
-            return {"match": gap <= tol, "exact": False, "first_difference": i,
-                    "logit_gap": round(gap, 6), "tolerance": round(tol, 6),
-                    "expected": want, "got": got}
-    if len(want) != len(got):
-        return {"match": False, "exact": False, "first_difference": min(len(want), len(got)),
-                "expected": want, "got": got}
+            return {"match": gap <= tol, "exact": False, "first_difference": i, "logit_gap": round(gap, 6),
+                    "tolerance": round(tol, 6), "expected": best, "got": tokens}
+    ended = bool(tokens) and tokens[-1] in eos_ids
+    if not ended and new_tokens is not None and len(tokens) < new_tokens:
+        return {"match": False, "exact": False, "first_difference": len(tokens),
+                "expected": int(step_logits[len(tokens)].argmax()), "got": tokens}
     return {"match": True, "exact": True}

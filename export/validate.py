@@ -15,8 +15,8 @@ import numpy as np
 
 from distill.backends.logits import kl_and_top1, llama_logits, onnx_logits
 
-from .native import Child, NativeAbort, run_child
-from .reference import Reference, compare_greedy
+from .native import Child, NativeAbort
+from .reference import Reference
 
 # Relative logit tolerance for calling a greedy divergence a tie, and the most KL (nats) a float
 # artifact may show against the fp32 HF model: rounding of the weights, nothing more.
@@ -81,31 +81,33 @@ def _token_check(corpus: list[str], expected: dict[str, list[list[int]]], encode
             "mismatches": mismatches[:5]}
 
 
-def hf_token_ids(ref: Reference) -> dict[str, list[list[int]]]:
-    return {mode: [ref.tokenizer.encode(text, add_special_tokens=special) for text in ref.corpus]
-            for mode, special in (("plain", False), ("default", True))}
-
-
 def _finish(result: dict) -> dict:
     result["passed"] = not result["failures"]
     return result
 
 
-def reference_job(ref: Reference, work: Path) -> dict:
-    """What a child needs of the reference: small things inline, the logits as .npy files."""
-    work.mkdir(parents=True, exist_ok=True)
-    np.save(work / "held_out_logits.npy", ref.held_out_logits)
-    for i, steps in enumerate(ref.greedy_logits):
-        np.save(work / f"greedy_logits_{i}.npy", steps)
-    return {"corpus": ref.corpus, "expected": hf_token_ids(ref), "eos_ids": sorted(ref.eos_ids),
-            "prompts": ref.prompts, "greedy": ref.greedy, "held_out": ref.held_out,
-            "held_out_logits": str(work / "held_out_logits.npy"),
-            "greedy_logits": [str(work / f"greedy_logits_{i}.npy") for i in range(len(ref.greedy_logits))]}
+def inputs_part(ref: Reference) -> dict:
+    """What a child needs first: the token ids to tokenize, score and continue."""
+    return {"corpus": ref.corpus, "expected": ref.expected, "prompts": ref.prompts, "held_out": ref.held_out,
+            "new_tokens": ref.new_tokens}
 
 
-def _gguf_job(path: Path, quant: str, ref_job: Optional[dict], threads: int, f16_logits: Optional[Path],
-              max_quant_kld: float, save_logits: Optional[Path], heldout: Optional[HeldOut]) -> dict:
-    return {"path": str(path), "quant": quant, "ref": ref_job, "threads": threads,
+def logits_part(ref: Reference, work: Path) -> dict:
+    """What it needs then: the HF logits on the held-out text, as a .npy file it memory-maps (the
+    reference process's own file, or one saved here)."""
+    logits = ref.held_out_logits()
+    path = getattr(logits, "filename", None)
+    if path is None:
+        path = work / "held_out_logits.npy"
+        if not path.is_file():
+            work.mkdir(parents=True, exist_ok=True)
+            np.save(path, logits)
+    return {"held_out_logits": str(path)}
+
+
+def _gguf_job(path: Path, quant: str, threads: int, f16_logits: Optional[Path], max_quant_kld: float,
+              save_logits: Optional[Path], heldout: Optional[HeldOut]) -> dict:
+    return {"path": str(path), "quant": quant, "threads": threads,
             "f16_logits": str(f16_logits) if f16_logits else None, "max_quant_kld": max_quant_kld,
             "save_logits": str(save_logits) if save_logits else None,
             "heldout": {"sequences": heldout.sequences, "store": str(heldout.store)} if heldout else None}
@@ -116,47 +118,58 @@ def _aborted(e: NativeAbort) -> dict:
                     "failures": [f"llama.cpp aborted while loading or running it: {e}"]})
 
 
-def start_check_gguf(path: Path, quant: str, threads: int, max_quant_kld: float, save_logits: Optional[Path],
-                     log_path: Path, heldout: Optional[HeldOut] = None) -> Child:
-    """Start checking a GGUF before the reference is ready: the child loads the file meanwhile;
-    `finish_check_gguf` hands it the reference."""
-    return Child("check_gguf", _gguf_job(path, quant, None, threads, None, max_quant_kld, save_logits, heldout),
+def start_check_gguf(path: Path, quant: str, threads: int, f16_logits: Optional[Path], max_quant_kld: float,
+                     save_logits: Optional[Path], log_path: Path, heldout: Optional[HeldOut] = None) -> Child:
+    """Start checking a GGUF in a child process: it loads the file now, decodes its own outputs
+    once it gets `inputs_part`, and compares them once it gets `logits_part`
+    (`finish_check_gguf`)."""
+    return Child("check_gguf", _gguf_job(path, quant, threads, f16_logits, max_quant_kld, save_logits, heldout),
                  log_path)
 
 
-def finish_check_gguf(child: Child, ref_job: dict) -> dict:
+def finish_check_gguf(child: Child, ref: Reference, work: Path, inputs_sent: bool = False) -> dict:
+    """The child's result, with its greedy continuations judged by the HF model (asked for as
+    soon as the child has decoded them); an abort of llama.cpp there is a failure naming its
+    assertion."""
     try:
-        return child.finish(ref_job)
+        if not inputs_sent:
+            child.send(inputs_part(ref))
+        greedy_tokens = child.receive()["greedy_tokens"]
+        quant = child.job["quant"]
+        verdicts = [ref.judge(i, tokens, TIE_TOLERANCE[quant]) for i, tokens in enumerate(greedy_tokens or [])]
+        result = child.finish(logits_part(ref, work))
     except NativeAbort as e:
         return _aborted(e)
+    if greedy_tokens is not None:
+        runs = [verdict() for verdict in verdicts]
+        result["greedy"] = {"match": all(r["match"] for r in runs), "prompts": len(runs),
+                            "tokens": ref.new_tokens, "runs": runs}
+        if not result["greedy"]["match"]:
+            result["failures"].append("greedy continuation differs from the HF model")
+    return _finish(result)
 
 
-def check_gguf(path: Path, quant: str, ref_job: dict, threads: int, f16_logits: Optional[Path],
+def check_gguf(path: Path, quant: str, ref: Reference, work: Path, threads: int, f16_logits: Optional[Path],
                max_quant_kld: float, save_logits: Optional[Path] = None, log_path: Optional[Path] = None,
                heldout: Optional[HeldOut] = None) -> dict:
-    """Validation results of one GGUF file, computed in a child process; an abort of llama.cpp
-    there is a failure naming its assertion. `save_logits` keeps the held-out logits (the f16
+    """Validation results of one GGUF file. `save_logits` keeps the held-out logits (the f16
     file's are what quantized files are compared with). With `heldout`, the file is also
     measured against f16 on the held-out calibration texts."""
-    job = _gguf_job(path, quant, ref_job, threads, f16_logits, max_quant_kld, save_logits, heldout)
-    try:
-        return run_child("check_gguf", job, log_path or path.with_name(path.name + ".log"))
-    except NativeAbort as e:
-        return _aborted(e)
+    child = start_check_gguf(path, quant, threads, f16_logits, max_quant_kld, save_logits,
+                             log_path or path.with_name(path.name + ".log"), heldout)
+    return finish_check_gguf(child, ref, work)
 
 
-def check_gguf_here(job: dict, more=None) -> dict:
-    """In the child: load the file in llama.cpp and compare it with the reference (sent with the
-    job, or read from `more()` once the file is loaded)."""
+def check_gguf_here(job: dict, more, emit) -> dict:
+    """In the child: load the file in llama.cpp; once the inputs come (`more()`), decode the
+    greedy continuations (sent back at once, to be judged by the HF model), the held-out logits
+    and the corpus's token ids; once the HF logits come (`more()` again), compare."""
     import llama_cpp
 
     llm, error = _load(llama_cpp, job, CHECK_CONTEXT)
-    spec = job["ref"] if job["ref"] is not None else more()
-    ref = Reference(tokenizer=None, eos_ids=set(spec["eos_ids"]), corpus=spec["corpus"], prompts=spec["prompts"],
-                    greedy=spec["greedy"], greedy_logits=[np.load(p, mmap_mode="r") for p in spec["greedy_logits"]],
-                    held_out=spec["held_out"], held_out_logits=np.load(spec["held_out_logits"], mmap_mode="r"))
+    inputs = more()
     heldout = HeldOut(job["heldout"]["sequences"], Path(job["heldout"]["store"])) if job.get("heldout") else None
-    n_ctx = max(len(ref.held_out), max(len(p) + len(g) for p, g in zip(ref.prompts, ref.greedy)),
+    n_ctx = max(len(inputs["held_out"]), max(len(p) for p in inputs["prompts"]) + inputs["new_tokens"],
                 heldout.longest if heldout else 0) + 8
     if llm is not None and n_ctx > CHECK_CONTEXT:  # a long chat template: load again with room for it
         llm.close()
@@ -164,45 +177,40 @@ def check_gguf_here(job: dict, more=None) -> dict:
     quant = job["quant"]
     result: dict = {"failures": []}
     if llm is None:
+        emit({"greedy_tokens": None})
         result.update(loads=False, error=error)
         result["failures"].append(f"does not load in llama.cpp ({error})")
-        return _finish(result)
+        return result
     try:
         result["loads"] = True
+        emit({"greedy_tokens": [_llama_greedy(llm, p, inputs["new_tokens"]) for p in inputs["prompts"]]
+              if quant in TIE_TOLERANCE else None})
+        logits = llama_logits(llm, inputs["held_out"])
+        if job["save_logits"]:
+            np.save(job["save_logits"], logits)
         result["tokenizer"] = _token_check(
-            ref.corpus, spec["expected"], lambda s: llm.tokenize(s.encode("utf-8"), add_bos=False, special=True),
+            inputs["corpus"], inputs["expected"], lambda s: llm.tokenize(s.encode("utf-8"), add_bos=False, special=True),
             lambda s: llm.tokenize(s.encode("utf-8"), add_bos=True, special=True))
         if not result["tokenizer"]["match"]:
             result["failures"].append("token ids differ from the HF tokenizer")
-
-        logits = llama_logits(llm, ref.held_out)
-        if job["save_logits"]:
-            np.save(job["save_logits"], logits)
-        kl_hf, top1_hf = kl_and_top1(ref.held_out_logits, logits)
-        result["vs_hf"] = {"mean_kld": round(kl_hf, 6), "top1_agreement": round(top1_hf, 4),
-                           "tokens": len(ref.held_out)}
-        if quant in TIE_TOLERANCE:
-            runs = [compare_greedy(ref, i, _llama_greedy(llm, p, len(ref.greedy[i])), TIE_TOLERANCE[quant])
-                    for i, p in enumerate(ref.prompts)]
-            result["greedy"] = {"match": all(r["match"] for r in runs), "prompts": len(runs),
-                                "tokens": len(ref.greedy[0]), "runs": runs}
-            if not result["greedy"]["match"]:
-                result["failures"].append("greedy continuation differs from the HF model")
-            if kl_hf > FLOAT_MAX_KLD[quant]:
-                result["failures"].append(f"KL divergence from the HF model {kl_hf:.4g} > {FLOAT_MAX_KLD[quant]}")
-        elif job["f16_logits"]:
-            kl, top1 = kl_and_top1(np.load(job["f16_logits"], mmap_mode="r"), logits)
-            result["vs_f16"] = {"mean_kld": round(kl, 6), "top1_agreement": round(top1, 4),
-                                "tokens": len(ref.held_out)}
-            if kl > job["max_quant_kld"]:
-                result["failures"].append(f"KL divergence from f16 {kl:.4g} > max_quant_kld {job['max_quant_kld']}")
         if heldout is not None:
             measured = heldout_check(llm, heldout, is_reference=quant == "f16")
             if measured:
                 result["vs_f16_heldout"] = measured
-        return _finish(result)
     finally:
         llm.close()
+
+    hf_logits = np.load(more()["held_out_logits"], mmap_mode="r")
+    kl_hf, top1_hf = kl_and_top1(hf_logits, logits)
+    result["vs_hf"] = {"mean_kld": round(kl_hf, 6), "top1_agreement": round(top1_hf, 4), "tokens": len(logits)}
+    if quant in TIE_TOLERANCE and kl_hf > FLOAT_MAX_KLD[quant]:
+        result["failures"].append(f"KL divergence from the HF model {kl_hf:.4g} > {FLOAT_MAX_KLD[quant]}")
+    elif quant not in TIE_TOLERANCE and job["f16_logits"]:
+        kl, top1 = kl_and_top1(np.load(job["f16_logits"], mmap_mode="r"), logits)
+        result["vs_f16"] = {"mean_kld": round(kl, 6), "top1_agreement": round(top1, 4), "tokens": len(logits)}
+        if kl > job["max_quant_kld"]:
+            result["failures"].append(f"KL divergence from f16 {kl:.4g} > max_quant_kld {job['max_quant_kld']}")
+    return result
 
 
 # Room for the held-out text (HELD_OUT_TOKENS) and a prompt with its greedy continuation.
@@ -244,7 +252,7 @@ def check_onnx(folder: Path, precision: str, ref: Reference) -> dict:
         result["failures"].append(f"does not load in onnxruntime-genai ({e})")
         return _finish(result)
     result["loads"] = True
-    result["tokenizer"] = _token_check(ref.corpus, hf_token_ids(ref), lambda s: tokenizer.encode(s),
+    result["tokenizer"] = _token_check(ref.corpus, ref.expected, lambda s: tokenizer.encode(s),
                                        lambda s: tokenizer.encode(s))
     # onnxruntime-genai's tokenizer has one mode; it is compared with HF's both ways, and counts
     # as matching when either agrees on every string.
@@ -260,13 +268,14 @@ def check_onnx(folder: Path, precision: str, ref: Reference) -> dict:
         result["failures"].append("the chat template is missing from the folder")
 
     logits = onnx_logits(model, ref.held_out)
-    kl, top1 = kl_and_top1(ref.held_out_logits, logits)
+    kl, top1 = kl_and_top1(ref.held_out_logits(), logits)
     result["vs_hf"] = {"mean_kld": round(kl, 6), "top1_agreement": round(top1, 4), "tokens": len(ref.held_out)}
-    runs = [compare_greedy(ref, i, _onnx_greedy(og, model, p, len(ref.greedy[i])),
-                           TIE_TOLERANCE.get(precision, 0.0)) for i, p in enumerate(ref.prompts)]
+    verdicts = [ref.judge(i, _onnx_greedy(og, model, p, ref.new_tokens), TIE_TOLERANCE.get(precision, 0.0))
+                for i, p in enumerate(ref.prompts)]
+    runs = [verdict() for verdict in verdicts]
     matched = sum(r["match"] for r in runs)
     result["greedy"] = {"match": matched == len(runs), "prompts": len(runs), "matched": matched,
-                        "tokens": len(ref.greedy[0]), "runs": runs}
+                        "tokens": ref.new_tokens, "runs": runs}
     if precision == "fp32":
         if not result["greedy"]["match"]:
             result["failures"].append("greedy continuation differs from the HF model")

@@ -4,11 +4,11 @@ through math-verify."""
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass
 
-from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from .chat import THINK_CLOSE, THINK_OPEN
 
@@ -73,18 +73,25 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_TARGET_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+@functools.cache
+def _math_verify():
+    """math-verify, imported on first use: it loads sympy (half a second), which every CLI
+    command would otherwise pay at startup, `distill --help` included."""
+    import math_verify
+    return math_verify
 
 
 def _parse_target(text: str) -> list:
-    return parse(text, extraction_config=_TARGET_CONFIG, parsing_timeout=_timeout())
+    mv = _math_verify()
+    config = [mv.LatexExtractionConfig(boxed_match_priority=0), mv.ExprExtractionConfig()]
+    return mv.parse(text, extraction_config=config, parsing_timeout=_timeout())
 
 
 def _parse_gold(reference: str) -> list:
     ref = reference.strip()
     candidates = [f"${ref}$", ref] if "$" not in ref and "\\boxed" not in ref else [ref]
     for cand in candidates:
-        gold = parse(cand, parsing_timeout=_timeout())
+        gold = _math_verify().parse(cand, parsing_timeout=_timeout())
         if gold:
             return gold
     return []
@@ -110,4 +117,4 @@ def is_correct(answer_text: str, reference: str) -> bool:
     target = _parse_target(answer_text)
     if not gold or not target:
         return False
-    return bool(verify(gold, target, timeout_seconds=_timeout()))
+    return bool(_math_verify().verify(gold, target, timeout_seconds=_timeout()))

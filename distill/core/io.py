@@ -165,12 +165,21 @@ class JsonlAppender:
         self.close()
 
 
+_HASHED: dict[tuple[int, int, int, int], str] = {}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """The file's sha256, remembered by inode, size and modification time: a stage hashes its
+    artifacts for the manifest and again, renamed into place, for its record."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _HASHED[key] = h.hexdigest()
+    return _HASHED[key]
 
 
 def sha256_path(path: str | os.PathLike) -> str:
