@@ -7,7 +7,10 @@ every weight once (from_pretrained memory-maps the safetensors, so a model that 
 is not yet resident), and does nothing else. Printed: both peaks, their difference (what the pass itself holds: the hooks'
 sums and one batch of activations) and the safetensors size.
 
-    python bench/bench_imatrix_memory.py [--threads 2] [--texts 200]
+    python bench/bench_imatrix_memory.py [--threads 2] [--texts 200] [--batch-tokens 512]
+
+The child processes inherit the environment, so glibc's allocator can be tried too
+(`MALLOC_MMAP_THRESHOLD_=4194304 python bench/bench_imatrix_memory.py`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ folder = Path({folder!r})
 config = check_model_folder(folder)
 rng = np.random.default_rng(0)
 texts = [rng.integers(0, {vocab}, size=int(rng.integers(150, 300))) for _ in range({texts})]
-m = compute_imatrix(folder, texts, model_facts(folder, config), "random", threads={threads})
+m = compute_imatrix(folder, texts, model_facts(folder, config), "random", threads={threads},
+                    batch_tokens={batch_tokens})
 print(m.seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 LOAD_ONLY = """
@@ -53,16 +57,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--texts", type=int, default=200)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: export's BATCH_TOKENS")
     args = parser.parse_args()
     from tests.conftest import smollm2_folder
     folder = smollm2_folder()
     import json
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
     weights_mb = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
+    from export.imatrix import BATCH_TOKENS
+    batch_tokens = args.batch_tokens or BATCH_TOKENS
     seconds, with_pass = peak(PASS.format(root=str(ROOT), folder=str(folder), vocab=vocab, texts=args.texts,
-                                          threads=args.threads))
+                                          threads=args.threads, batch_tokens=batch_tokens))
     _, load_only = peak(LOAD_ONLY.format(folder=str(folder)))
-    print(f"model: {folder.name}, {weights_mb:.0f} MiB of safetensors; {args.texts} texts, pass {seconds:.1f} s")
+    print(f"model: {folder.name}, {weights_mb:.0f} MiB of safetensors; {args.texts} texts in batches of "
+          f"{batch_tokens} tokens, pass {seconds:.1f} s")
     print(f"peak RSS, model loaded and read:   {load_only:7.0f} MiB")
     print(f"peak RSS, importance-matrix pass:  {with_pass:7.0f} MiB ({with_pass / weights_mb:.2f}x the weights)")
     print(f"held by the pass beyond the loaded model: {with_pass - load_only:.0f} MiB "

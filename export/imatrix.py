@@ -28,7 +28,12 @@ from distill.core.progress import progress_bar
 from .gguf_writer import ARCHES
 from .source import ModelFacts
 
-BATCH_TOKENS = 2048  # padded tokens per forward pass: activations stay small beside the weights
+# Padded tokens per forward pass. Small batches keep the pass near one copy of the weights: the
+# activations glibc keeps on its heap between batches grow with the batch (SmolLM2-135M, 200
+# traces, bench/bench_imatrix_memory.py: 1,711 MiB at 2,048 tokens, 1,138 at 512, against 911 for
+# the loaded model alone) while the time hardly does (83 s and 86 s); 512 is also llama.cpp's
+# own imatrix chunk.
+BATCH_TOKENS = 512
 KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"
 
 

@@ -82,6 +82,19 @@ def test_seeds_per_sample_do_not_depend_on_the_batch(smol):
     assert len(lengths) > 1                                            # rows really ended apart
 
 
+def test_rows_drawn_on_two_threads_are_the_same_samples(smol):
+    """With two threads the rows of a step draw their tokens in a thread pool: the samples must
+    be the very ones drawn one after another on one thread."""
+    prompts = [smol.render(q) for q in QUESTIONS[:3]]
+    sampled = Sampling(n=4, max_new_tokens=20, temperature=0.8, top_p=0.95, seed=11)
+    two = load_backend(f"gguf:{GGUF}", n_ctx=512, threads=2, batch_size=8)
+    try:
+        assert [[c.token_ids for c in cs] for cs in two.generate(prompts, sampled)] == \
+            [[c.token_ids for c in cs] for cs in smol.generate(prompts, sampled)]
+    finally:
+        two.close()
+
+
 def test_stops_and_budgets_end_only_their_own_row(smol):
     prompts = [smol.render(q) for q in QUESTIONS]
     free = smol.generate(prompts, Sampling(max_new_tokens=16))
