@@ -130,6 +130,21 @@ def hf_static_batches(backend, prompts: list[str], sampling, batch_size: int) ->
 
 # ---- measuring ---------------------------------------------------------------------------------
 
+def decode_cost(backend, sizes=(1, 16, 32), steps: int = 30) -> None:
+    """Milliseconds per token of llama_decode alone, one token per sequence a step, at each batch
+    size: where the curve flattens, a decode step is bound by compute, not by reading weights."""
+    from distill.backends.gguf_batch import BatchDecoder
+    costs = []
+    for n in sizes:
+        with BatchDecoder(backend, n, 256) as decoder:
+            decoder._decode([(100, 0, seq, True) for seq in range(n)])
+            started = time.perf_counter()
+            for step in range(1, steps + 1):
+                decoder._decode([(100 + seq, step, seq, True) for seq in range(n)])
+            costs.append(f"batch {n}: {(time.perf_counter() - started) * 1000 / steps / n:.2f} ms/token")
+    print("  llama_decode alone: " + ", ".join(costs))
+
+
 def compare(name: str, sides: dict, rounds: int, samples: int, target: float) -> None:
     """`sides`: label -> function returning the token count of every sample; baseline first, each
     other side's ratio against it."""
@@ -183,6 +198,7 @@ def main() -> None:
                   f"<= {args.max_new_tokens} tokens, T=0.6 top-p 0.95, {args.threads} threads, "
                   f"{args.rounds} rounds")
             backend.generate(prompts[:1], Sampling(n=2, max_new_tokens=4, temperature=0.6))  # warm-up
+            decode_cost(backend)
             compare("gguf", {
                 "one sample at a time (before)": lambda: gguf_one_at_a_time(backend, prompts, sampling),
                 f"batched (batch {default_batch}, eval's default)": lambda: [
