@@ -78,9 +78,9 @@ def validate_all(artifacts: list[Artifact], reference: ReferenceProcess, base_f1
                  ) -> tuple[dict[Path, dict], Optional[dict]]:
     """Validation result per artifact path, and that of the hidden base f16 file if there is one.
     Each GGUF is checked in a child process (validate.check_gguf); the first one loads and
-    decodes while the reference process still loads the HF model. The f16 file's held-out logits stay in `work`
-    for the quantized files' comparison. With `heldout`, GGUF files are also measured against
-    f16 on the held-out calibration texts."""
+    decodes while the reference process still loads the HF model. The f16 file's held-out
+    logits stay in `work` for the quantized files' comparison. With `heldout`, GGUF files are
+    also measured against f16 on the held-out calibration texts."""
     results: dict[Path, dict] = {}
     base_result = None
     f16_logits = work / "f16-logits.npy"

@@ -84,6 +84,11 @@ class Reference:
     held_out_logits: Callable[[], np.ndarray]
     judge: Callable[[int, list[int], float], Callable[[], dict]]
 
+    @classmethod
+    def from_inputs(cls, inputs: dict, held_out_logits, judge) -> "Reference":
+        """From `reference_inputs`' JSON-ready dict."""
+        return cls(**{**inputs, "eos_ids": set(inputs["eos_ids"])}, held_out_logits=held_out_logits, judge=judge)
+
 
 @dataclass
 class HFModel:
@@ -98,9 +103,14 @@ class HFModel:
             from transformers import AutoModelForCausalLM
             from transformers.utils import logging as hf_logging
 
+            bars = hf_logging.is_progress_bar_enabled()
             hf_logging.disable_progress_bar()  # our own progress lines say what is happening
-            self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=torch.float32,
-                                                              trust_remote_code=self.trust_remote_code).eval()
+            try:
+                self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=torch.float32,
+                                                                  trust_remote_code=self.trust_remote_code).eval()
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
         return self.model
 
 
@@ -131,7 +141,7 @@ def local_reference(folder: Path, new_tokens: int = 16, trust_remote_code: bool 
         verdict = judge_greedy(hf, inputs, index, tokens, rel_tolerance)
         return lambda: verdict
 
-    return Reference(**{**inputs, "eos_ids": set(inputs["eos_ids"])}, held_out_logits=lambda: logits, judge=judge)
+    return Reference.from_inputs(inputs, held_out_logits=lambda: logits, judge=judge)
 
 
 class ReferenceProcess:
@@ -168,9 +178,8 @@ class ReferenceProcess:
     def inputs(self) -> Reference:
         """The reference, once its token ids are there (the model's outputs follow)."""
         if self._ref is None:
-            part = self._receive()
-            self._ref = Reference(**{**part, "eos_ids": set(part["eos_ids"])}, held_out_logits=self._held_out_logits,
-                                  judge=self._judge)
+            self._ref = Reference.from_inputs(self._receive(), held_out_logits=self._held_out_logits,
+                                              judge=self._judge)
         return self._ref
 
     def _held_out_logits(self) -> np.ndarray:
@@ -216,7 +225,7 @@ def reference_here(job: dict, more, emit) -> dict:
     return {}
 
 
-def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     for i, t in enumerate(tokens):
         if t in eos_ids:
             return tokens[: i + 1]
@@ -229,7 +238,7 @@ def judge_greedy(hf: HFModel, inputs: dict, index: int, tokens: list[int], rel_t
     import torch
 
     eos = set(inputs["eos_ids"])
-    tokens = until_eos([int(t) for t in tokens], eos)
+    tokens = _until_eos([int(t) for t in tokens], eos)
     with torch.inference_mode():
         logits = hf.loaded()(torch.tensor([inputs["prompts"][index] + tokens]),
                              logits_to_keep=len(tokens) + 1).logits[0].float().numpy()

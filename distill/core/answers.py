@@ -9,7 +9,6 @@ import re
 import threading
 from dataclasses import dataclass
 
-
 from .chat import THINK_CLOSE, THINK_OPEN
 
 _GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
@@ -81,10 +80,14 @@ def _math_verify():
     return math_verify
 
 
-def _parse_target(text: str) -> list:
+@functools.cache
+def _target_config() -> list:
     mv = _math_verify()
-    config = [mv.LatexExtractionConfig(boxed_match_priority=0), mv.ExprExtractionConfig()]
-    return mv.parse(text, extraction_config=config, parsing_timeout=_timeout())
+    return [mv.LatexExtractionConfig(boxed_match_priority=0), mv.ExprExtractionConfig()]
+
+
+def _parse_target(text: str) -> list:
+    return _math_verify().parse(text, extraction_config=_target_config(), parsing_timeout=_timeout())
 
 
 def _parse_gold(reference: str) -> list:
