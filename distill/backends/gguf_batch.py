@@ -25,6 +25,31 @@ from distill.core.errors import UserError
 from . import Completion, Sampling
 
 
+def draw(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    """Temperature, then top-p, then a draw: the distribution of llama.cpp's temp -> top-p -> dist
+    chain (the nucleus is the shortest run of the most likely tokens whose mass reaches top_p, the
+    token that crosses it included), at a tenth of its cost over a 49k vocabulary. The nucleus is
+    found among the tokens above a small share of the total mass first; when those alone reach
+    top_p they are a prefix of the sorted vocabulary, so the nucleus lies among them exactly, and
+    only a flat distribution needs the whole vocabulary sorted."""
+    probs = np.subtract(logits, logits.max(), dtype=np.float32)
+    probs *= 1.0 / temperature
+    np.exp(probs, out=probs)
+    total = float(probs.sum(dtype=np.float64))
+    keep = None
+    if top_p < 1.0:
+        keep = np.flatnonzero(probs > total * 1e-4)
+        if probs[keep].sum(dtype=np.float64) < top_p * total:
+            keep = np.arange(len(probs))
+        keep = keep[np.argsort(-probs[keep], kind="stable")]
+        mass = np.cumsum(probs[keep], dtype=np.float64)
+        keep = keep[:int(np.searchsorted(mass, top_p * total)) + 1]
+        probs = probs[keep]
+    cumulative = np.cumsum(probs, dtype=np.float64)
+    pick = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(probs) - 1)
+    return int(keep[pick]) if keep is not None else pick
+
+
 @dataclass
 class Job:
     """One sample to generate: prompt `index`, sample `copy`, its token budget, and its seed
@@ -40,7 +65,7 @@ class Job:
     next_token: int = 0
     out: list[int] = field(default_factory=list)
     tail: bytes = b""
-    sampler: object = None
+    rng: np.random.Generator | None = None
     finish: str = "length"
     started: float = 0.0
     first: float | None = None
@@ -70,9 +95,9 @@ class BatchDecoder:
         self.vocab = self.llm._model.vocab
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self._pieces: dict[int, bytes] = {}
-        # Drawing a token (llama.cpp's sampler chain over the whole vocabulary) costs a fifth of
-        # a 16-row decode step on two cores, and the calls release the GIL: the rows of a step
-        # are drawn on as many threads as the decode uses.
+        # Drawing a token (numpy over the whole vocabulary, which releases the GIL) still costs
+        # a few percent of a decode step: the rows of a step are drawn on as many threads as the
+        # decode uses.
         threads = int(params.n_threads_batch)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="sampler") if threads > 1 else None
 
@@ -89,6 +114,7 @@ class BatchDecoder:
     def run(self, jobs: list[Job], sampling: Sampling, on_done) -> None:
         """Decode every job; `on_done(job, completion)` as each one finishes."""
         stops = [s.encode("utf-8") for s in sampling.stop if s]
+        self.temperature, self.top_p = sampling.temperature, sampling.top_p
         pending, free = deque(jobs), list(range(self.slots))  # a heap: the lowest free slot first
         active: dict[int, Job] = {}
         try:
@@ -131,11 +157,7 @@ class BatchDecoder:
                 self._decode([(t, start + n, slot, False) for n, t in enumerate(chunk)])
         job.pos, job.next_token = head, job.prompt[-1]
         if job.seed is not None:
-            chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(job.seed & 0xFFFFFFFF))
-            job.sampler = chain
+            job.rng = np.random.default_rng(job.seed)
 
     def _decode(self, tokens: list[tuple[int, int, int, bool]]) -> None:
         """One llama_decode of (token, position, sequence id, wants logits) entries."""
@@ -153,11 +175,11 @@ class BatchDecoder:
 
     def _sample(self, job: Job, k: int) -> int:
         import llama_cpp
-        if job.sampler is not None:
-            return int(llama_cpp.llama_sampler_sample(job.sampler, self.ctx, k))
-        logits = llama_cpp.llama_get_logits_ith(self.ctx, k)
-        return int(np.ctypeslib.as_array(ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)),
-                                         shape=(self.n_vocab,)).argmax())
+        logits = np.ctypeslib.as_array(ctypes.cast(llama_cpp.llama_get_logits_ith(self.ctx, k),
+                                                   ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+        if job.rng is None:
+            return int(logits.argmax())
+        return draw(logits, self.temperature, self.top_p, job.rng)
 
     def _advance(self, job: Job, token: int, stops: list[bytes]) -> bool:
         """Take the sampled token; True when the sample is finished."""
@@ -182,9 +204,7 @@ class BatchDecoder:
     def _release(self, job: Job) -> None:
         import llama_cpp
         llama_cpp.llama_memory_seq_rm(self.mem, job.slot, -1, -1)
-        if job.sampler is not None:
-            llama_cpp.llama_sampler_free(job.sampler)
-            job.sampler = None
+        job.rng = None
 
     def _completion(self, job: Job, sampling: Sampling) -> Completion:
         text = self.backend.detokenize(job.out).decode("utf-8", errors="replace")

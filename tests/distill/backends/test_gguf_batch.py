@@ -122,3 +122,43 @@ def test_the_context_window_bounds_each_sample(smol):
     assert out[0][0].finish_reason == "length" and out[0][0].completion_tokens == 0
     assert out[1][0].completion_tokens <= room
     assert np.all([c.prompt_tokens > 0 for cs in out for c in cs])
+
+
+def nucleus(logits: np.ndarray, temperature: float, top_p: float) -> dict[int, float]:
+    """The temp -> top-p distribution written the slow, obvious way: sort, keep the tokens until
+    the mass reaches top_p (the crossing one included), renormalise."""
+    probs = np.exp((logits - logits.max()) / temperature).astype(np.float64)
+    probs /= probs.sum()
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])
+    kept, mass = [], 0.0
+    for i in order:
+        kept.append(i)
+        mass += probs[i]
+        if mass >= top_p:
+            break
+    total = sum(probs[i] for i in kept)
+    return {i: probs[i] / total for i in kept}
+
+
+@pytest.mark.parametrize("shape", ["peaked", "flat"])
+def test_draw_samples_the_nucleus_of_the_tempered_distribution(shape):
+    from distill.backends.gguf_batch import draw
+    rng = np.random.default_rng(0)
+    if shape == "peaked":   # a few likely tokens: the nucleus is found among the top share
+        logits = rng.standard_normal(5000).astype(np.float32) * 2
+        logits[[3, 40, 41, 900]] += [9.0, 8.5, 8.0, 7.0]
+    else:                   # nearly uniform: every token under 1e-4 of the mass, the whole vocabulary sorted
+        logits = rng.standard_normal(20000).astype(np.float32) * 0.3
+    want = nucleus(logits, 0.7, 0.9)
+    draws = 40000 if shape == "peaked" else 4000
+    counts = np.bincount([draw(logits, 0.7, 0.9, np.random.default_rng(s)) for s in range(draws)],
+                         minlength=len(logits))
+    assert set(np.flatnonzero(counts)) <= set(want)                   # nothing outside the nucleus
+    for token, p in sorted(want.items(), key=lambda kv: -kv[1])[:5]:
+        assert abs(counts[token] / draws - p) < 4 * np.sqrt(p * (1 - p) / draws) + 1e-3, token
+    if shape == "flat":
+        assert len(want) > 10000 and len(set(np.flatnonzero(counts))) > 3000
+    one = np.random.default_rng(5)
+    again = np.random.default_rng(5)
+    assert [draw(logits, 0.7, 0.9, one) for _ in range(50)] == [draw(logits, 0.7, 0.9, again) for _ in range(50)]
+    assert draw(logits, 0.7, 1.0, np.random.default_rng(1)) in range(len(logits))
