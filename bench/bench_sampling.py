@@ -3,8 +3,9 @@ protocol: temperature 0.6, top-p 0.95), against today's baselines, measured in o
 
 gguf: SmolLM2-135M-Instruct q8_0 (our GGUF writer's f16 file of the test fixture's model folder,
 quantized by llama.cpp's quantizer), k samples of each GSM8K question. Batched: the gguf backend
-(prompt evaluated once per problem, the samples decoded together), at eval's default batch of 16
-and at --batch-size (32: every sample of the 4 problems in one batch). Baseline: one sample at a
+(prompt evaluated once per problem, the samples decoded together), at --batch-size (16) and at
+the backend's default, which eval uses (32 when the KV cache fits in a quarter of the free memory:
+every sample of the 4 problems in one batch). Baseline: one sample at a
 time as the backend did before, each sample re-evaluating its prompt through llama-cpp-python's
 `Llama.generate`, without flash attention (llama-cpp-python's default, which the backend used
 then); the same one at a time with flash attention is shown beside it. Target: batched >= 3x the
@@ -179,7 +180,7 @@ def main() -> None:
     parser.add_argument("--hf-problems", type=int, default=8)
     parser.add_argument("--hf-k", type=int, default=4)
     parser.add_argument("--hf-max-new-tokens", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
@@ -193,11 +194,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "gguf"):
             q8 = make_q8_0(folder, Path(tmp), args.threads)
-            backend = load_backend(f"gguf:{q8}", n_ctx=2048, threads=args.threads, batch_size=args.batch_size)
+            backend = load_backend(f"gguf:{q8}", n_ctx=2048, threads=args.threads)
             # the backend before batching also ran without flash attention (llama-cpp-python's default)
             before = load_backend(f"gguf:{q8}", n_ctx=2048, threads=args.threads, flash_attn=False)
-            default_batch = 16  # eval's --batch-size
             prompts = [backend.render(q) for q in questions(args.problems)]
+            auto = backend.auto_batch(max(backend.count_tokens(p) for p in prompts) + args.max_new_tokens)
             sampling = Sampling(n=args.k, temperature=0.6, top_p=0.95, seed=0, max_new_tokens=args.max_new_tokens)
             print(f"gguf: SmolLM2-135M-Instruct q8_0, {args.problems} GSM8K problems x k={args.k}, "
                   f"<= {args.max_new_tokens} tokens, T=0.6 top-p 0.95, {args.threads} threads, "
@@ -208,10 +209,10 @@ def main() -> None:
             compare("gguf", {
                 "one sample at a time (before)": lambda: gguf_one_at_a_time(before, prompts, sampling),
                 "one at a time, flash attention": lambda: gguf_one_at_a_time(backend, prompts, sampling),
-                f"batched (batch {default_batch}, eval's default)": lambda: [
-                    c.completion_tokens for cs in backend.generate(prompts, sampling, batch_size=default_batch)
-                    for c in cs],
                 f"batched (batch {args.batch_size})": lambda: [
+                    c.completion_tokens for cs in backend.generate(prompts, sampling, batch_size=args.batch_size)
+                    for c in cs],
+                f"batched (default: {auto})": lambda: [
                     c.completion_tokens for cs in backend.generate(prompts, sampling) for c in cs],
             }, args.rounds, args.problems * args.k, 3.0, context=("one at a time, flash attention",))
             backend.close()

@@ -23,12 +23,12 @@ def quiet_libraries() -> None:
 
 
 def backend_options(kind: str, config) -> dict:
+    batch = {"batch_size": config.batch_size} if config.batch_size else {}  # else each backend's default
     return {
         "hf": dict(dtype=config.dtype, trust_remote_code=config.trust_remote_code,
-                   batch_size=config.batch_size, threads=config.threads),
-        "gguf": dict(n_ctx=config.n_ctx, threads=config.threads, batch_size=config.batch_size),
-        "onnx": dict(threads=config.threads, batch_size=config.batch_size,
-                     trust_remote_code=config.trust_remote_code),
+                   threads=config.threads, **batch),
+        "gguf": dict(n_ctx=config.n_ctx, threads=config.threads, **batch),
+        "onnx": dict(threads=config.threads, trust_remote_code=config.trust_remote_code, **batch),
         "openai": dict(model=config.served_model, api_key_env=config.api_key_env,
                        concurrency=config.concurrency, max_retries=config.max_retries,
                        request_timeout=config.request_timeout,

@@ -128,7 +128,7 @@ def generate_row(backend, row: Row, benchmark: str, problems: list[dict], templa
             backend.generate(prompts, sampling,
                              on_done=lambda i, cs: keep(i, cs, [False] * len(cs), [0] * len(cs)))
             return
-        chunk = max(cfg.batch_size, cfg.concurrency)
+        chunk = max(cfg.batch_size or 16, cfg.concurrency)
         for start in range(0, len(prompts), chunk):
             thinking = backend.generate(prompts[start:start + chunk], sampling)
             for i, completions in _force_answers(backend, prompts[start:start + chunk], thinking,

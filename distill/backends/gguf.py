@@ -21,8 +21,10 @@ Options of `load` (unknown ones are ignored, so callers can pass one set to ever
     n_ctx       context window of one sample in tokens (8192; 0 takes the model's training context)
     threads     CPU threads (default: all cores)
     n_batch     prompt tokens evaluated per llama.cpp batch (512)
-    batch_size  samples decoded together (16); the KV cache holds batch_size x window tokens,
-                the window being the longest prompt plus max_new_tokens (at most n_ctx)
+    batch_size  samples decoded together; the KV cache holds batch_size x window tokens, the
+                window being the longest prompt plus max_new_tokens (at most n_ctx). Default
+                (None): 32, fewer when that cache would take more than a quarter of the memory
+                available, so that a large model with long answers still fits a small device
     flash_attn  llama.cpp's fused attention (on; off is llama-cpp-python's default)
 
 Beyond the contract the backend exposes `llm` (the `llama_cpp.Llama`, used for the vocabulary,
@@ -45,10 +47,26 @@ from distill.core.errors import UserError
 from . import Collector, Completion, Sampling
 
 MAX_SEQUENCES = 256   # llama.cpp's LLAMA_MAX_SEQ
+# On two CPU cores a decode step of 32 sequences costs 2.1 ms a token against 2.3 at 16 and 6.8
+# alone (bench/bench_sampling.py): the default batch, when its KV cache fits.
+AUTO_BATCH = 32
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable), or free pages where the
+    system has no /proc/meminfo."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def load(target: str, n_ctx: int = 8192, threads: int | None = None, n_batch: int = 512,
-         batch_size: int = 16, flash_attn: bool = True, **_unused) -> "GGUFBackend":
+         batch_size: int | None = None, flash_attn: bool = True, **_unused) -> "GGUFBackend":
     path = Path(target)
     if not path.is_file():
         raise UserError(f"gguf:{target}: no such file")
@@ -74,11 +92,11 @@ def load(target: str, n_ctx: int = 8192, threads: int | None = None, n_batch: in
 class GGUFBackend:
     kind = "gguf"
 
-    def __init__(self, target: str, llm, batch_size: int = 16):
+    def __init__(self, target: str, llm, batch_size: int | None = None):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.target, self.llm = target, llm
-        self.batch_size = max(1, min(int(batch_size), MAX_SEQUENCES))
+        self.batch_size = None if batch_size is None else max(1, min(int(batch_size), MAX_SEQUENCES))
         template = llm.metadata.get("tokenizer.chat_template")
         self._formatter = None
         if template:
@@ -123,10 +141,29 @@ class GGUFBackend:
             seed = sampling.seed + j if sampling.temperature > 0 else None
             jobs.append(Job(i, j, tokens, budget, seed))
         if jobs:
-            slots = min(batch_size or self.batch_size, len(jobs))
-            with BatchDecoder(self, slots, window=max(len(job.prompt) + job.budget for job in jobs)) as decoder:
+            window = max(len(job.prompt) + job.budget for job in jobs)
+            slots = min(batch_size or self.batch_size or self.auto_batch(window), len(jobs))
+            with BatchDecoder(self, slots, window=window) as decoder:
                 decoder.run(jobs, sampling, lambda job, completion: collector.add(job.index, job.copy, completion))
         return collector.results
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of f16 KV cache one token takes: layers x KV heads x (key + value width) x 2."""
+        import llama_cpp
+        model = self.llm._model.model
+        arch = self.llm.metadata.get("general.architecture", "")
+        n_head = llama_cpp.llama_model_n_head(model)
+        head_dim = llama_cpp.llama_model_n_embd(model) // max(1, n_head)
+        key = int(self.llm.metadata.get(f"{arch}.attention.key_length", head_dim))
+        value = int(self.llm.metadata.get(f"{arch}.attention.value_length", head_dim))
+        return llama_cpp.llama_model_n_layer(model) * llama_cpp.llama_model_n_head_kv(model) * (key + value) * 2
+
+    def auto_batch(self, window: int) -> int:
+        """AUTO_BATCH sequences, fewer when their KV cache (window rounded up to llama.cpp's
+        256-cell padding) would take more than a quarter of the available memory."""
+        cells = -(-window // 256) * 256
+        fits = available_memory() // 4 // max(1, cells * self.kv_bytes_per_token())
+        return int(max(1, min(AUTO_BATCH, fits)))
 
     # `distill chat`: a whole conversation rendered, and one sample streamed as it is decoded.
 

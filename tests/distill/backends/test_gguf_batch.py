@@ -162,3 +162,32 @@ def test_draw_samples_the_nucleus_of_the_tempered_distribution(shape):
     again = np.random.default_rng(5)
     assert [draw(logits, 0.7, 0.9, one) for _ in range(50)] == [draw(logits, 0.7, 0.9, again) for _ in range(50)]
     assert draw(logits, 0.7, 1.0, np.random.default_rng(1)) in range(len(logits))
+
+
+def test_default_batch_is_32_unless_its_kv_cache_outgrows_a_quarter_of_free_memory(smol, smollm2_dir, monkeypatch):
+    import json
+
+    from distill.backends import gguf, gguf_batch
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    # f16 keys and values of every layer's KV heads, from the HF config rather than llama.cpp's
+    assert smol.kv_bytes_per_token() == config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 2 * 2
+    per_sequence = 512 * smol.kv_bytes_per_token()            # a 300-token window pads to 512 cells
+    monkeypatch.setattr(gguf, "available_memory", lambda: 4 * 100 * per_sequence)
+    assert smol.auto_batch(300) == gguf.AUTO_BATCH
+    monkeypatch.setattr(gguf, "available_memory", lambda: 4 * 5 * per_sequence + 1)
+    assert smol.auto_batch(300) == 5
+    monkeypatch.setattr(gguf, "available_memory", lambda: 1)
+    assert smol.auto_batch(300) == 1
+    auto = load_backend(f"gguf:{GGUF}", n_ctx=512, threads=1)
+    try:
+        assert auto.batch_size is None
+        monkeypatch.setattr(gguf, "available_memory", lambda: 4 * 3 * 256 * smol.kv_bytes_per_token())
+        seen = []
+        original = gguf_batch.BatchDecoder.__init__
+        monkeypatch.setattr(gguf_batch.BatchDecoder, "__init__",
+                            lambda self, backend, slots, window: (seen.append(slots), original(self, backend, slots, window))[1])
+        auto.generate([auto.render("Hi")], Sampling(n=8, max_new_tokens=4, temperature=0.7))
+        assert seen == [3]
+    finally:
+        auto.close()
