@@ -127,7 +127,7 @@ class BatchDecoder:
         while pending or active:
             while pending and free:
                 job = pending.popleft()
-                self._admit(job, heapq.heappop(free), active, sampling)
+                self._admit(job, heapq.heappop(free), active)
                 active[job.slot] = job
             # llama.cpp puts only consecutive sequence ids in one micro-batch when each sequence
             # has its own stream: in slot order, the busy slots (the lowest ones) decode in one pass
@@ -142,7 +142,7 @@ class BatchDecoder:
                     heapq.heappush(free, job.slot)
                     on_done(job, self._completion(job, sampling))
 
-    def _admit(self, job: Job, slot: int, active: dict[int, Job], sampling: Sampling) -> None:
+    def _admit(self, job: Job, slot: int, active: dict[int, Job]) -> None:
         import llama_cpp
 
         job.slot, job.started = slot, time.perf_counter()
