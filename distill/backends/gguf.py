@@ -161,8 +161,8 @@ class GGUFBackend:
     def auto_batch(self, window: int) -> int:
         """AUTO_BATCH sequences, fewer when their KV cache (window rounded up to llama.cpp's
         256-cell padding) would take more than a quarter of the available memory."""
-        cells = -(-window // 256) * 256
-        fits = available_memory() // 4 // max(1, cells * self.kv_bytes_per_token())
+        from .gguf_batch import padded_cells
+        fits = available_memory() // 4 // max(1, padded_cells(window) * self.kv_bytes_per_token())
         return int(max(1, min(AUTO_BATCH, fits)))
 
     # `distill chat`: a whole conversation rendered, and one sample streamed as it is decoded.

@@ -25,6 +25,11 @@ from distill.core.errors import UserError
 from . import Completion, Sampling
 
 
+def padded_cells(window: int) -> int:
+    """The KV cells llama.cpp gives a sequence of `window` tokens: contexts are padded to 256."""
+    return -(-window // 256) * 256
+
+
 def draw(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
     """Temperature, then top-p, then a draw: the distribution of llama.cpp's temp -> top-p -> dist
     chain (the nucleus is the shortest run of the most likely tokens whose mass reaches top_p, the
@@ -81,8 +86,8 @@ class BatchDecoder:
         self.n_batch = max(int(params.n_batch), slots)
         params.n_seq_max = slots
         params.kv_unified = False
-        window = -(-window // 256) * 256  # llama.cpp pads contexts to 256 cells
-        params.n_ctx = slots * window     # and gives each sequence n_ctx / n_seq_max
+        window = padded_cells(window)
+        params.n_ctx = slots * window     # llama.cpp gives each sequence n_ctx / n_seq_max
         params.n_batch = params.n_ubatch = self.n_batch
         params.embeddings = False
         params.no_perf = True
