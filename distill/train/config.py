@@ -11,6 +11,7 @@ from distill.core.errors import UserError
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 METHODS = ("sft", "kd", "on-policy")
 TEACHER_APIS = ("auto", "token-ids", "text")
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TrainConfig:
     lora_alpha: int = option(32, "LoRA alpha")
     lora_dropout: float = option(0.05, "LoRA dropout")
     warmup_ratio: float = option(0.03, "Warm-up fraction of the schedule")
+    optimizer: str = option("adamw", "adamw, or muon: Muon (orthogonalized momentum) on the hidden weight matrices, AdamW on embeddings, norms and biases, at the same --lr (Moonlight's RMS matching)")
     lr_scheduler: str = option("cosine", "Learning-rate schedule (any transformers scheduler name)")
     weight_decay: float = option(0.0, "Weight decay")
     max_grad_norm: float = option(1.0, "Gradient clipping (0: off)")
@@ -76,6 +78,8 @@ class TrainConfig:
                             "use --method on-policy with an openai: teacher")
         if self.method == "on-policy":
             self._check_on_policy()
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'")
         if self.kd_loss not in KD_LOSSES:
             raise UserError(f"kd_loss: expected one of {', '.join(KD_LOSSES)}, got '{self.kd_loss}'")
         if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:

@@ -48,8 +48,9 @@ class DistillTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, teacher=None, kd_alpha: float = 0.5, kd_temperature: float = 1.0,
-                 kd_loss: str = "forward_kl", **kwargs):
+                 kd_loss: str = "forward_kl", optimizer_name: str = "adamw", **kwargs):
         super().__init__(*args, **kwargs)
+        self.optimizer_name = optimizer_name
         self.model_accepts_loss_kwargs = True  # makes the Trainer count trained tokens per step
         self.teacher = teacher
         self.kd = (kd_alpha, kd_temperature, kd_loss)
@@ -59,6 +60,12 @@ class DistillTrainer(Trainer):
         if teacher is not None:
             self.teacher = teacher.to(self.args.device).eval()
             self.teacher.requires_grad_(False)
+
+    def create_optimizer(self):
+        if self.optimizer_name != "muon" or self.optimizer is not None:
+            return super().create_optimizer()
+        self.optimizer = muon_with_adamw(self.model, self.args.learning_rate, self.args.weight_decay)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -81,6 +88,52 @@ class DistillTrainer(Trainer):
             logs["kd"] = round(self.parts["kd"] / self.parts["tokens"], 4)
             self.parts = {"ce": 0.0, "kd": 0.0, "tokens": 0}
         super().log(logs, *args, **kwargs)
+
+
+def muon_weights(model) -> tuple[list, list]:
+    """(hidden weight matrices, everything else). Muon orthogonalizes a matrix's update, which
+    only means something for the matrices inside the network; the embedding (tied to the output
+    head in small models), norms and biases stay with AdamW, as in nanochat and Moonlight."""
+    matrices, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            hidden = p.ndim == 2 and "embed" not in name and "lm_head" not in name
+            (matrices if hidden else rest).append(p)
+    return matrices, rest
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch's Muon on the hidden matrices and AdamW on the rest, as one optimizer: the param
+    groups are the two optimizers' own dicts, so lr schedules, accelerate and checkpoints see
+    one object."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.parts = [muon, adamw]
+        self.param_groups = muon.param_groups + adamw.param_groups
+        self.defaults, self.state = {}, {}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for part in self.parts:
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state):
+        for part, saved in zip(self.parts, state["parts"]):
+            part.load_state_dict(saved)
+
+
+def muon_with_adamw(model, lr: float, weight_decay: float) -> MuonWithAdamW:
+    # "match_rms_adamw" scales Muon's update to AdamW's RMS (Moonlight), so one --lr serves both.
+    matrices, rest = muon_weights(model)
+    muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    return MuonWithAdamW(muon, torch.optim.AdamW(rest, lr=lr, weight_decay=weight_decay))
 
 
 class StepClock(TrainerCallback):

@@ -139,3 +139,26 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, tiny_model, tmp
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_muon_splits_weights_and_lowers_the_loss():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from distill.train.trainer import muon_weights, muon_with_adamw
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    matrices, rest = muon_weights(model)
+    assert all(p.ndim == 2 for p in matrices) and model.get_input_embeddings().weight in rest
+    assert len(matrices) == 2 * 7  # q, k, v, o, gate, up, down per layer
+    opt = muon_with_adamw(model, 1e-2, 0.0)
+    ids = torch.randint(0, 64, (4, 16))
+    losses = []
+    for _ in range(20):
+        loss = model(ids, labels=ids).loss
+        loss.backward(); opt.step(); opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    restored = muon_with_adamw(model, 1e-2, 0.0)
+    restored.load_state_dict(opt.state_dict())
+    assert restored.state_dict()["parts"][0]["state"].keys() == opt.state_dict()["parts"][0]["state"].keys()
