@@ -120,7 +120,8 @@ def run(config: TrainConfig) -> dict:
                                     config.lora_target_modules)
         clock = StepClock()
         collator = PackedBatches() if config.packing else PaddedBatches(_pad_id(tokenizer, eot))
-        common = dict(model=model, args=args, processing_class=tokenizer, teacher=teacher, optimizer_name=config.optimizer,
+        common = dict(model=model, args=args, processing_class=tokenizer, teacher=teacher,
+                      optimizer_name=config.optimizer,
                       callbacks=[MarkCompleteCheckpoints(fingerprint), clock, RichProgress()])
         if on_policy:
             trainer = OnPolicyTrainer(
