@@ -46,6 +46,10 @@ def run(config: TrainConfig) -> dict:
 
     # Every bad input is found before anything heavy is loaded or written.
     on_policy = config.method == "on-policy"
+    if config.optimizer == "muon" and _weights_sharded():
+        # Muon orthogonalizes each whole matrix; FSDP and ZeRO hand the optimizer flat shards of them.
+        raise UserError("optimizer: muon needs whole weight matrices; FSDP / DeepSpeed shard them "
+                        "(use adamw there, or plain data-parallel accelerate for muon)")
     traces = None if on_policy and config.prompts else load_traces(config.traces, config.prompt_template)
     tokenizer = models.load_tokenizer(config.student, "student", config.trust_remote_code)
     eot = end_of_turn(tokenizer, f"student: {config.student}")
@@ -191,8 +195,7 @@ def _say_what_fits(config, student_config, teacher_config, bf16: bool, checkpoin
     import torch
 
     from .estimate import GB, describe, for_run, what_to_change
-    sharded = any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
-    needed = for_run(config, student_config, teacher_config, bf16, checkpointing, world if sharded else 1)
+    needed = for_run(config, student_config, teacher_config, bf16, checkpointing, world if _weights_sharded() else 1)
     if main:
         info(f"memory estimate: {describe(needed)}")
     if use_gpu:
@@ -203,6 +206,10 @@ def _say_what_fits(config, student_config, teacher_config, bf16: bool, checkpoin
                             f"(+10% slack) but {torch.cuda.get_device_name(device)} has {have / GB:.1f} GB; "
                             f"change: {what_to_change(config, checkpointing)}")
     return needed
+
+
+def _weights_sharded() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
 
 
 def _require_scheduler(name: str) -> None:

@@ -84,9 +84,10 @@ class Shape:
 
 
 def estimate(student: Shape, *, tokens: int, lora: bool, lora_r: int = 16, bf16: bool,
-             checkpointing: bool, teacher: Shape | None = None, shards: int = 1) -> dict:
+             checkpointing: bool, teacher: Shape | None = None, shards: int = 1, muon: bool = False) -> dict:
     """Bytes per process by part. `tokens`: positions of one micro-batch (max_seq_len x batch
-    size); `shards`: processes sharing the weights (FSDP / ZeRO-3), 1 for DDP or one process."""
+    size); `shards`: processes sharing the weights (FSDP / ZeRO-3), 1 for DDP or one process;
+    `muon`: one momentum buffer for the hidden matrices instead of AdamW's two moments."""
     width = 2 if bf16 else 4
     params = student.parameters()
     parts = {"weights": params * width / shards}
@@ -96,7 +97,11 @@ def estimate(student: Shape, *, tokens: int, lora: bool, lora_r: int = 16, bf16:
     else:
         trainable = params
         parts["gradients"] = params * width / shards
-        parts["optimizer (AdamW)"] = 2 * params * width / shards
+        if muon:
+            matrices = student.num_hidden_layers * sum(a * b for a, b in student.layer_linears())
+            parts["optimizer (Muon + AdamW)"] = (matrices + 2 * (params - matrices)) * width / shards
+        else:
+            parts["optimizer (AdamW)"] = 2 * params * width / shards
     parts["activations"] = tokens * student.activation_elements_per_token(checkpointing) * width
     rows = min(tokens, chunk_rows(student.vocab_size))
     chunk = rows * student.vocab_size * 4 * (8 if teacher else 4)  # fp32 logits, log-softmax, gradient (x2 for KD)
@@ -117,7 +122,8 @@ def describe(result: dict) -> str:
 def for_run(config, student_config, teacher_config, bf16: bool, checkpointing: bool, shards: int) -> dict:
     return estimate(Shape.of(student_config), tokens=config.max_seq_len * config.batch_size, lora=config.lora,
                     lora_r=config.lora_r, bf16=bf16, checkpointing=checkpointing,
-                    teacher=Shape.of(teacher_config) if teacher_config is not None else None, shards=shards)
+                    teacher=Shape.of(teacher_config) if teacher_config is not None else None, shards=shards,
+                    muon=config.optimizer == "muon")
 
 
 def what_to_change(config, checkpointing: bool) -> str:

@@ -87,3 +87,14 @@ def test_lora_run_records_peak_memory_and_merges_without_a_second_copy(tiny_mode
     assert peak["measure"] == "process peak RSS" and peak["processes"] == 1
     assert peak["mb"] > 200 and peak["estimated_mb"] > 0
     assert f"Peak memory: {peak['mb'] / 1024:.2f} GB (process peak RSS" in (out / "README.md").read_text()
+
+
+def test_muon_state_counts_one_buffer_per_hidden_matrix(tiny_model):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from distill.train.trainer import muon_weights
+    folder = tiny_model("qwen2")
+    matrices, rest = muon_weights(AutoModelForCausalLM.from_pretrained(folder))
+    shape = est.Shape.of(AutoConfig.from_pretrained(folder))
+    muon = est.estimate(shape, tokens=64, lora=False, bf16=False, checkpointing=False, muon=True)
+    state = sum(p.numel() for p in matrices) + 2 * sum(p.numel() for p in rest)
+    assert muon["parts"]["optimizer (Muon + AdamW)"] == 4 * state

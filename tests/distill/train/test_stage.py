@@ -112,9 +112,12 @@ def test_kd_from_a_teacher_with_a_padded_vocabulary(tiny_model, tmp_path):
     assert f"KD teacher (logits): `{teacher_dir}`" in (out / "README.md").read_text()
 
 
-def _bad_case(case, tiny_model, tmp_path):
+def _bad_case(case, tiny_model, tmp_path, monkeypatch):
     kept = write_jsonl(tmp_path / "traces.jsonl", trace_rows(4))
     student = str(tiny_model("qwen2"))
+    if case == "muon under FSDP":
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+        return ["--student", student, "--traces", str(kept), "--optimizer", "muon"], "muon needs whole weight matrices"
     if case == "no kept traces":
         none_kept = [{**r, "kept": False, "drop_reason": "wrong_answer"} for r in trace_rows(3)]
         return ["--student", student, "--traces", str(write_jsonl(tmp_path / "gen" / "samples.jsonl", none_kept))], \
@@ -131,9 +134,10 @@ def _bad_case(case, tiny_model, tmp_path):
         "its tokenizer differs from the student's"
 
 
-@pytest.mark.parametrize("case", ["no kept traces", "not a causal LM", "no chat template", "teacher with another tokenizer"])
-def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, tiny_model, tmp_path):
-    args, message = _bad_case(case, tiny_model, tmp_path)
+@pytest.mark.parametrize("case", ["no kept traces", "not a causal LM", "no chat template", "teacher with another tokenizer",
+                                  "muon under FSDP"])
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, tiny_model, tmp_path, monkeypatch):
+    args, message = _bad_case(case, tiny_model, tmp_path, monkeypatch)
     result = runner.invoke(cli.app, ["train", *args, "--out", str(tmp_path / "out"), "--threads", "1"])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output
