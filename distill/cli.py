@@ -155,7 +155,8 @@ def run_pipeline(
 
 @app.command("demo", short_help="Run the whole pipeline offline on a CPU with the bundled models.",
              help="The whole pipeline offline on a laptop CPU: the bundled MoE teacher writes traces for "
-                  "the demo task, a small dense student learns from them, is exported to GGUF and ONNX, "
+                  "the demo task, a small dense student learns from them (SFT, then on-policy distillation "
+                  "from the teacher), is exported to GGUF and ONNX, "
                   "and every model is evaluated on the test split.\n\nExample:\n\n    distill demo --out demo-run\n\n    distill demo --seed 1 --out demo-run-seed1")
 def demo(
     out: Path = typer.Option(Path("demo-run"), "--out", "-o", help="Run directory"),

@@ -60,3 +60,20 @@ def test_demo_quick_end_to_end(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     for path, text in records.items():                  # every stage skipped: records untouched
         assert path.read_text() == text, f"{path} was rewritten on an unchanged rerun"
+
+
+@pytest.mark.slow
+def test_full_demo_student_reaches_the_teacher(tmp_path):
+    """The headline of the README, measured on every CI run: the full `distill demo` (default
+    seed, about 8 minutes on 2 cores) gives a student of at least 0.85x the teacher's pass@1, and
+    its q4_k_m file stays within 3 points of it."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "distill", "demo", "--quiet", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval" / "report.json").read_text())
+    pass_at_1 = {row["label"]: row["pass_at_1"] for row in report["results"]}
+    assert list(pass_at_1) == ROWS
+    assert pass_at_1["student"] >= 0.85 * pass_at_1["teacher"], pass_at_1
+    assert abs(pass_at_1["student-gguf-q4_k_m"] - pass_at_1["student"]) <= 0.03, pass_at_1

@@ -15,9 +15,8 @@ from distill.core.io import write_json
 from distill.pipeline import _expand_eval_models, _stage_of, _stage_values, _substitute, pipeline_sections
 
 PIPELINES = sorted((DATA_DIR / "pipelines").glob("*.yaml"))
-DEMO_ROWS = ["teacher", "student", "student-gguf-f16", "student-gguf-q8_0", "student-gguf-q4_k_m",
+DEMO_ROWS = ["teacher", "student-sft", "student", "student-gguf-f16", "student-gguf-q8_0", "student-gguf-q4_k_m",
              "student-onnx-int4"]
-QUICK_ROWS = DEMO_ROWS[:1] + ["student-sft"] + DEMO_ROWS[1:]
 
 
 def stage_configs(path: Path, run_dir: Path) -> dict:
@@ -50,20 +49,18 @@ def test_every_section_builds_its_stage_config(path, tmp_path):
 @pytest.mark.parametrize("name", ["demo.yaml", "demo-quick.yaml"])
 def test_demo_pipelines_use_the_bundled_models_offline(name, tmp_path):
     cfg = stage_configs(asset("pipelines", name), tmp_path)
-    two_stage = name == "demo-quick.yaml"  # the full demo keeps the measured SFT-only recipe
-    assert list(cfg) == ["generate"] + (["train.sft"] if two_stage else []) + ["train", "export", "eval"]
+    assert list(cfg) == ["generate", "train.sft", "train", "export", "eval"]
     teacher = cfg["generate"].teacher
     assert teacher.startswith("hf:") and Path(teacher[3:]) == asset("models", "demo-teacher")
     assert (Path(teacher[3:]) / "model.safetensors").is_file()
     assert cfg["generate"].prompts == "demo" and cfg["eval"].benchmark == "demo"
-    sft = cfg["train.sft"] if two_stage else cfg["train"]
+    sft = cfg["train.sft"]
     assert Path(sft.student) == asset("models", "demo-student-base") and sft.method == "sft"
-    assert Path(sft.out) == tmp_path / ("student-sft" if two_stage else "student")
-    assert Path(sft.traces) == tmp_path / "traces"
-    if two_stage:  # on-policy from the SFT student, with the bundled MoE teacher, into the run's student folder
-        on_policy = cfg["train"]
-        assert on_policy.method == "on-policy" and Path(on_policy.student) == tmp_path / "student-sft"
-        assert on_policy.teacher == teacher and Path(on_policy.out) == tmp_path / "student"
+    assert Path(sft.out) == tmp_path / "student-sft" and Path(sft.traces) == tmp_path / "traces"
+    # on-policy from the SFT student, with the bundled MoE teacher, into the run's student folder
+    on_policy = cfg["train"]
+    assert on_policy.method == "on-policy" and Path(on_policy.student) == tmp_path / "student-sft"
+    assert on_policy.teacher == teacher and Path(on_policy.out) == tmp_path / "student"
     assert Path(cfg["export"].model) == tmp_path / "student"
     assert not any(getattr(c, "lora", False) for c in cfg.values())
     assert {"f16", "q8_0", "q4_k_m"} <= set(cfg["export"].gguf) and "int4" in cfg["export"].onnx
@@ -78,12 +75,10 @@ def test_demo_eval_rows_are_the_teacher_the_student_and_each_artifact(name, tmp_
     artifacts.append({"path": "demo-student-onnx-int4", "format": "onnx", "quant": "int4"})
     write_json(tmp_path / STAGES["export"]["dir"] / "manifest.json", {"artifacts": artifacts})
     section = _substitute(load_yaml(asset("pipelines", name))["eval"], {"run": str(tmp_path), "data": str(DATA_DIR)})
-    two_stage = name == "demo-quick.yaml"
-    expanded = _expand_eval_models(section, tmp_path, ["train.sft", "train"] if two_stage else ["train"])
-    assert expanded["label"] == (QUICK_ROWS if two_stage else DEMO_ROWS)
-    students = [f"hf:{tmp_path / 'student-sft'}"] if two_stage else []
-    assert expanded["model"][:len(students) + 2] == [f"hf:{asset('models', 'demo-teacher')}", *students,
-                                                     f"hf:{tmp_path / 'student'}"]
+    expanded = _expand_eval_models(section, tmp_path, ["train.sft", "train"])
+    assert expanded["label"] == DEMO_ROWS
+    assert expanded["model"][:3] == [f"hf:{asset('models', 'demo-teacher')}", f"hf:{tmp_path / 'student-sft'}",
+                                     f"hf:{tmp_path / 'student'}"]
 
 
 def test_quick_demo_is_smaller_than_the_full_one(tmp_path):

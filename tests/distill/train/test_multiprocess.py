@@ -31,13 +31,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(student: Path, traces: Path, out: Path, steps: int, save_steps: int, **popen):
+def _launch(student: Path, traces: Path, out: Path, steps: int, save_steps: int, optimizer: str, **popen):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()),
                "-m", "distill", "train", "--student", str(student), "--traces", str(traces), "--out", str(out),
                "--max-steps", str(steps), "--batch-size", str(BATCH), "--save-steps", str(save_steps),
-               "--logging-steps", "2", "--eval-fraction", "0", "--lr", "2e-3", "--threads", "1", "--quiet"]
+               "--logging-steps", "2", "--eval-fraction", "0", "--lr", "2e-3", "--optimizer", optimizer,
+               "--threads", "1", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
@@ -58,13 +59,15 @@ def _kill_everything(launcher: subprocess.Popen) -> list[int]:
     return [p.pid for p in everyone]
 
 
-def test_two_cpu_processes_train_and_resume_after_every_process_is_killed(tiny_model, tmp_path):
+# muon: the two-part optimizer (Muon + AdamW) is checkpointed and restored under DDP as AdamW is
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_cpu_processes_train_and_resume_after_every_process_is_killed(optimizer, tiny_model, tmp_path):
     student = tiny_model("qwen2")
     traces = write_jsonl(tmp_path / "traces.jsonl", trace_rows(TRACES))
     out = tmp_path / "student"
 
     # A run killed, every process of it, after its first checkpoint.
-    proc = _launch(student, traces, out, steps=STEPS, save_steps=2, start_new_session=True)
+    proc = _launch(student, traces, out, steps=STEPS, save_steps=2, optimizer=optimizer, start_new_session=True)
     deadline = time.monotonic() + 240
     while not list((out / "checkpoints").glob("checkpoint-*/distill-complete.json")):
         assert proc.poll() is None, f"training ended before it could be killed: {proc.stdout.read()[-2000:]}"
@@ -80,7 +83,7 @@ def test_two_cpu_processes_train_and_resume_after_every_process_is_killed(tiny_m
     assert done[-1] < STEPS, "the run finished before the kill: the test proved nothing"
 
     # The same command again: it resumes and finishes, as one model with one record and summary.
-    proc = _launch(student, traces, out, steps=STEPS, save_steps=2)
+    proc = _launch(student, traces, out, steps=STEPS, save_steps=2, optimizer=optimizer)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-3000:]
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
