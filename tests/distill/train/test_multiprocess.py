@@ -8,6 +8,7 @@ killing the launcher (or its process group) alone leaves them training: the test
 descendant it finds through psutil, and checks that none is left."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -31,14 +32,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(student: Path, traces: Path, out: Path, steps: int, save_steps: int, optimizer: str, **popen):
+def _launch(student: Path, traces: Path, out: Path, steps: int, save_steps: int, optimizer: str,
+            extra: tuple = (), **popen):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()),
                "-m", "distill", "train", "--student", str(student), "--traces", str(traces), "--out", str(out),
                "--max-steps", str(steps), "--batch-size", str(BATCH), "--save-steps", str(save_steps),
                "--logging-steps", "2", "--eval-fraction", "0", "--lr", "2e-3", "--optimizer", optimizer,
-               "--threads", "1", "--quiet"]
+               "--threads", "1", "--quiet", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
@@ -98,3 +100,19 @@ def test_two_cpu_processes_train_and_resume_after_every_process_is_killed(optimi
     assert losses[-1] < losses[0], losses
     # STEPS x 2 processes x BATCH traces seen: each process trained on its own share
     assert summary["epochs"] == pytest.approx(STEPS * 2 * BATCH / TRACES, abs=0.01)
+
+
+def test_two_cpu_processes_train_on_policy(tiny_model, tmp_path):
+    student, teacher = tiny_model("qwen2"), tiny_model("qwen3_moe", seed=1, initializer_range=0.1)
+    traces = write_jsonl(tmp_path / "traces.jsonl", trace_rows(TRACES))
+    out = tmp_path / "student"
+    proc = _launch(student, traces, out, steps=4, save_steps=2, optimizer="adamw",
+                   extra=("--method", "on-policy", "--teacher", str(teacher), "--samples-per-prompt", "2",
+                          "--max-new-tokens", "16", "--logging-steps", "1"))
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["method"] == "on-policy" and summary["steps"] == 4
+    assert summary["device"].startswith("2 processes x CPU")
+    assert [step for step, _ in summary["loss_history"]["reverse_kl"]] == [1, 2, 3, 4]
+    assert all(math.isfinite(value) and value >= 0 for _, value in summary["loss_history"]["reverse_kl"])
