@@ -14,14 +14,18 @@ ROWS = ["teacher", "student-sft", "student", "student-gguf-f16", "student-gguf-q
         "student-onnx-int4"]
 
 
+def _demo(out: Path, *flags: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "distill", "demo", *flags, "--quiet", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+
+
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     if not (REPO / "data" / "models" / "demo-teacher" / "config.json").is_file():
         pytest.fail("data/models/demo-teacher is missing: rebuild it with python -m data.build.train_teacher")
     out = tmp_path / "demo"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "distill", "demo", "--quick", "--quiet", "--out", str(out)]
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    first = _demo(out, "--quick")
     assert first.returncode == 0, first.stderr[-3000:]
 
     for stage, folder in [("generate", "traces"), ("train", "student-sft"), ("train", "student"), ("export", "export"),
@@ -56,7 +60,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert len(records) == 5  # SFT and on-policy each have their own folder and record
     on_policy = json.loads((out / "student" / "train_summary.json").read_text())
     assert on_policy["method"] == "on-policy" and on_policy["loss_history"]["reverse_kl"]
-    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    second = _demo(out, "--quick")
     assert second.returncode == 0, second.stderr[-3000:]
     for path, text in records.items():                  # every stage skipped: records untouched
         assert path.read_text() == text, f"{path} was rewritten on an unchanged rerun"
@@ -68,9 +72,7 @@ def test_full_demo_student_reaches_the_teacher(tmp_path):
     seed, about 8 minutes on 2 cores) gives a student of at least 0.85x the teacher's pass@1, and
     its q4_k_m file stays within 3 points of it."""
     out = tmp_path / "demo"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "distill", "demo", "--quiet", "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    result = _demo(out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "eval" / "report.json").read_text())
     pass_at_1 = {row["label"]: row["pass_at_1"] for row in report["results"]}

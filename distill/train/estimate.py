@@ -61,12 +61,17 @@ class Shape:
             self.num_key_value_heads * self.dim
         return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
 
+    def matrix_parameters(self) -> int:
+        """The decoder layers' weight matrices (what Muon trains)."""
+        return self.num_hidden_layers * sum(a * b for a, b in self.layer_linears())
+
     def parameters(self) -> int:
-        per_layer = sum(a * b for a, b in self.layer_linears()) + 2 * self.hidden_size
+        per_layer = 2 * self.hidden_size
         if self.attention_bias:
             per_layer += (self.num_attention_heads + 2 * self.num_key_value_heads) * self.dim
         head = 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
-        return self.vocab_size * self.hidden_size + self.num_hidden_layers * per_layer + self.hidden_size + head
+        return (self.vocab_size * self.hidden_size + self.matrix_parameters() + self.num_hidden_layers * per_layer
+                + self.hidden_size + head)
 
     def lora_parameters(self, r: int) -> int:
         return self.num_hidden_layers * sum(r * (a + b) for a, b in self.layer_linears())
@@ -98,7 +103,7 @@ def estimate(student: Shape, *, tokens: int, lora: bool, lora_r: int = 16, bf16:
         trainable = params
         parts["gradients"] = params * width / shards
         if muon:
-            matrices = student.num_hidden_layers * sum(a * b for a, b in student.layer_linears())
+            matrices = student.matrix_parameters()
             parts["optimizer (Muon + AdamW)"] = (matrices + 2 * (params - matrices)) * width / shards
         else:
             parts["optimizer (AdamW)"] = 2 * params * width / shards
