@@ -118,7 +118,8 @@ def bench_openai(args) -> float | None:
     requests = [f"Write a long story about {TOPICS[i % len(TOPICS)]}." for i in range(args.requests)]
     print(f"openai: {gguf.name}, {len(requests)} requests of {args.max_new_tokens} tokens, "
           f"{args.concurrency} in flight, {args.threads} threads")
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=args.n_ctx, n_threads=args.threads,
+    from distill.backends.llamacpp import open_llama
+    llm = open_llama(gguf, n_ctx=args.n_ctx, n_threads=args.threads,
                           n_threads_batch=args.threads, verbose=False)
 
     def in_process() -> float:

@@ -64,10 +64,10 @@ def hf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray
 
 
 def gguf_logits(target: str, windows: list[list[int]], cfg) -> Iterator[np.ndarray]:
-    from llama_cpp import Llama
+    from distill.backends.llamacpp import open_llama
     longest = max(len(w) for w in windows)
     try:
-        llm = Llama(model_path=target, n_ctx=longest, n_batch=longest, n_ubatch=longest, logits_all=True,
+        llm = open_llama(target, n_ctx=longest, n_batch=longest, n_ubatch=longest, logits_all=True,
                     n_threads=cfg.threads, verbose=False)
     except Exception as e:  # noqa: BLE001 - llama.cpp raises ValueError/RuntimeError alike
         raise UserError(f"{target}: llama.cpp cannot load the model ({one_line(e)[:200]})") from None

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from distill.backends.llamacpp import open_llama
 from distill.backends.logits import kl_and_top1, llama_logits, onnx_logits
 
 from .native import Child, NativeAbort
@@ -164,16 +165,14 @@ def check_gguf_here(job: dict, more, emit) -> dict:
     """In the child: load the file in llama.cpp; once the inputs come (`more()`), decode the
     greedy continuations (sent back at once, to be judged by the HF model), the held-out logits
     and the corpus's token ids; once the HF logits come (`more()` again), compare."""
-    import llama_cpp
-
-    llm, error = _load(llama_cpp, job, CHECK_CONTEXT)
+    llm, error = _load(job, CHECK_CONTEXT)
     inputs = more()
     heldout = HeldOut(job["heldout"]["sequences"], Path(job["heldout"]["store"])) if job.get("heldout") else None
     n_ctx = max(len(inputs["held_out"]), max(len(p) for p in inputs["prompts"]) + inputs["new_tokens"],
                 heldout.longest if heldout else 0) + 8
     if llm is not None and n_ctx > CHECK_CONTEXT:  # a long chat template: load again with room for it
         llm.close()
-        llm, error = _load(llama_cpp, job, n_ctx)
+        llm, error = _load(job, n_ctx)
     quant = job["quant"]
     result: dict = {"failures": []}
     if llm is None:
@@ -217,12 +216,12 @@ def check_gguf_here(job: dict, more, emit) -> dict:
 CHECK_CONTEXT = 256
 
 
-def _load(llama_cpp, job: dict, n_ctx: int):
+def _load(job: dict, n_ctx: int):
     """(model, None) or (None, why it does not load)."""
     try:
         # verbose: llama.cpp's log (and the assertion of an abort) goes to the child's log file;
         # quiet, llama-cpp-python would send it to /dev/null.
-        return llama_cpp.Llama(job["path"], n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+        return open_llama(job["path"], n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                                logits_all=True, n_threads=job["threads"], n_threads_batch=job["threads"],
                                verbose=True), None
     except Exception as e:  # noqa: BLE001 - any load failure is the finding

@@ -14,6 +14,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# Tests also open GGUF files with llama_cpp.Llama directly: behind the same guard as the product
+# (llama.cpp's AMX path crashes on multi-token batches; distill/backends/llamacpp.py).
+from distill.backends.llamacpp import guard  # noqa: E402
+
+guard()
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TOKENIZER = REPO / "data" / "models" / "demo-tokenizer"
 SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"

@@ -45,6 +45,7 @@ from distill.core.chat import THINK_OPEN, open_think_block
 from distill.core.errors import UserError
 
 from . import Collector, Completion, Sampling
+from .llamacpp import open_llama
 
 MAX_SEQUENCES = 256   # llama.cpp's LLAMA_MAX_SEQ
 # On two CPU cores a decode step of 32 sequences costs 2.1 ms a token against 2.3 at 16 and 6.8
@@ -81,9 +82,8 @@ def load(target: str, n_ctx: int = 8192, threads: int | None = None, n_batch: in
     try:
         # Flash attention: llama-cpp-python turns it off unless asked; on two CPU cores it makes
         # a decode step of 16 sequences 1.4x faster (bench/bench_sampling.py prints both).
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
-                              n_threads_batch=threads, n_batch=n_batch, flash_attn=flash_attn,
-                              verbose=False)
+        llm = open_llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=n_batch,
+                         flash_attn=flash_attn, verbose=False)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"gguf:{target}: llama.cpp cannot load it ({e})") from None
     return GGUFBackend(target, llm, batch_size)

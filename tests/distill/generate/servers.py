@@ -223,7 +223,7 @@ def llama_server(gguf: Path, alias: str = "teacher", n_ctx: int = 1024, threads:
     port = free_port()
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
+        [sys.executable, "-m", "distill.backends.llamacpp", "server", "--model", str(gguf), "--model_alias", alias,
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
          "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False"],
         stdout=out, stderr=subprocess.STDOUT)
