@@ -6,7 +6,9 @@ too (export/reference.py), so that torch and transformers import and run on anot
 
 Only small things cross the boundary: JSON lines each way (the job, the parts a child waits for,
 the messages it sends back, its result). Arrays (reference logits, the f16 file's logits) travel
-as .npy files in the export's work folder, which the child memory-maps."""
+as .npy files in the export's work folder, which the child memory-maps. Every path in a job is
+absolute (`absolute`) and a child runs in the folder of its log (the export's work folder), so
+that an export given relative paths works from whatever folder the user started it in."""
 
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def absolute(path) -> str | None:
+    """A path as a child process must get it: absolute (it runs in another folder)."""
+    return None if path is None else os.path.abspath(path)
 
 
 class NativeAbort(Exception):
@@ -47,7 +54,8 @@ class Child:
         self.job, self.log_path = job, log_path
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "export.native", op], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log, env=env, cwd=REPO)
+                                         stdout=subprocess.PIPE, stderr=log, env=env,
+                                         cwd=Path(log_path).resolve().parent)
         self.send(job)
 
     def send(self, part: dict) -> None:

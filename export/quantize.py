@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 from distill.core.errors import GateFailed, UserError
 
 from .config import NEEDS_IMATRIX
-from .native import NativeAbort, last_words, run_child
+from .native import NativeAbort, absolute, last_words, run_child
 
 
 @contextlib.contextmanager
@@ -66,8 +66,8 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 1, log_path: Optio
     if imatrix is None and quant in NEEDS_IMATRIX:
         raise UserError(f"field 'gguf': {quant} needs an importance matrix (--imatrix)")
     log_path = log_path or dst.with_name(dst.name + ".log")
-    job = {"src": str(src), "dst": str(dst), "ftype": llama_file_type(quant), "threads": threads,
-           "imatrix": str(imatrix) if imatrix else None}
+    job = {"src": absolute(src), "dst": absolute(dst), "ftype": llama_file_type(quant), "threads": threads,
+           "imatrix": absolute(imatrix)}
     try:
         result = run_child("quantize", job, log_path)
     except NativeAbort as e:

@@ -153,12 +153,12 @@ class ReferenceProcess:
     in order; `release` frees its model until it is needed again."""
 
     def __init__(self, folder: Path, new_tokens: int, threads: int, trust_remote_code: bool, work: Path):
-        from .native import Child
+        from .native import Child, absolute
 
         work.mkdir(parents=True, exist_ok=True)
         self.folder, logits_path = folder, work / "held_out_logits.npy"
-        self.child = Child("reference", {"folder": str(folder), "new_tokens": new_tokens, "threads": threads,
-                                         "trust_remote_code": trust_remote_code, "logits": str(logits_path)},
+        self.child = Child("reference", {"folder": absolute(folder), "new_tokens": new_tokens, "threads": threads,
+                                         "trust_remote_code": trust_remote_code, "logits": absolute(logits_path)},
                            work / "reference.log")
         self._ref: Reference | None = None
         self._logits: np.ndarray | None = None

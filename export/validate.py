@@ -16,7 +16,7 @@ import numpy as np
 from distill.backends.llamacpp import open_llama
 from distill.backends.logits import kl_and_top1, llama_logits, onnx_logits
 
-from .native import Child, NativeAbort
+from .native import Child, NativeAbort, absolute
 from .reference import Reference
 
 # Relative logit tolerance for calling a greedy divergence a tie, and the most KL (nats) a float
@@ -103,15 +103,15 @@ def logits_part(ref: Reference, work: Path) -> dict:
         if not path.is_file():
             work.mkdir(parents=True, exist_ok=True)
             np.save(path, logits)
-    return {"held_out_logits": str(path)}
+    return {"held_out_logits": absolute(path)}
 
 
 def _gguf_job(path: Path, quant: str, threads: int, f16_logits: Optional[Path], max_quant_kld: float,
               save_logits: Optional[Path], heldout: Optional[HeldOut]) -> dict:
-    return {"path": str(path), "quant": quant, "threads": threads,
-            "f16_logits": str(f16_logits) if f16_logits else None, "max_quant_kld": max_quant_kld,
-            "save_logits": str(save_logits) if save_logits else None,
-            "heldout": {"sequences": heldout.sequences, "store": str(heldout.store)} if heldout else None}
+    return {"path": absolute(path), "quant": quant, "threads": threads,
+            "f16_logits": absolute(f16_logits), "max_quant_kld": max_quant_kld,
+            "save_logits": absolute(save_logits),
+            "heldout": {"sequences": heldout.sequences, "store": absolute(heldout.store)} if heldout else None}
 
 
 def _aborted(e: NativeAbort) -> dict:
