@@ -52,8 +52,8 @@ def random_student(folder: Path) -> Path:
 
 def eval_seconds(model: Path, out: Path, batch_size: int, args) -> tuple[float, dict]:
     from distill.core.config import build_config
-    from eval import run
-    from eval.config import EvalConfig
+    from distill.eval import run
+    from distill.eval.config import EvalConfig
 
     cfg = build_config(EvalConfig, dict(model=[f"hf:{model}"], label=["model"], benchmark="demo",
                                         limit=args.problems, max_new_tokens=args.max_new_tokens,

@@ -35,8 +35,8 @@ WRITER_ONLY = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from export.gguf_writer import write_gguf
-from export.source import check_model_folder, model_facts
+from distill.export.gguf_writer import write_gguf
+from distill.export.source import check_model_folder, model_facts
 folder = Path({model!r})
 config = check_model_folder(folder)
 write_gguf(folder, config, model_facts(folder, config), Path({out!r}), "f16", "model")

@@ -65,7 +65,7 @@ def tokens_per_s(backend, prompts: list[str], sampling) -> tuple[float, int]:
 
 
 def bench_hf(args) -> float:
-    from data.demo_task import load_split
+    from distill.core.demo_task import load_split
     from distill.core.chat import load_prompt_template, user_message
     from distill.backends import Sampling, load_backend
 

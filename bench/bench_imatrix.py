@@ -53,7 +53,7 @@ def gsm8k_traces(path: Path, n: int, out: Path) -> Path:
 
 
 def demo_traces(n: int, out: Path) -> Path:
-    from data.demo_task import generate
+    from distill.core.demo_task import generate
     rows = [{"problem": p["question"], "reasoning": p["reasoning"],
              "answer": f"The answer is \\boxed{{{p['answer']}}}."} for p in generate("train", n)]
     out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -63,8 +63,8 @@ def demo_traces(n: int, out: Path) -> Path:
 def export(model: Path, traces: Path, out: Path, problems: int, threads: int, types: list[str],
            heldout_tokens: int) -> dict:
     from distill.core.errors import GateFailed
-    from export import run
-    from export.config import ExportConfig
+    from distill.export import run
+    from distill.export.config import ExportConfig
 
     config = ExportConfig(model=str(model), out=str(out), gguf=["f16", *types], imatrix=str(traces),
                           imatrix_compare=True, imatrix_texts=problems,
@@ -87,8 +87,8 @@ def plain_forward(model: Path, traces: Path, problems: int, threads: int) -> tup
     import torch
     from transformers import AutoModelForCausalLM
 
-    from export.calibration import resolve_calibration
-    from export.imatrix import BATCH_TOKENS, _batches
+    from distill.export.calibration import resolve_calibration
+    from distill.export.imatrix import BATCH_TOKENS, _batches
 
     calibration = resolve_calibration(str(traces), str(model), model, 4096, problems,
                                       HELDOUT_PROBLEMS / (problems + HELDOUT_PROBLEMS), 4096)

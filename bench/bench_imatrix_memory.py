@@ -27,8 +27,8 @@ PASS = """
 import resource, sys, numpy as np
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from export.source import check_model_folder, model_facts
-from export.imatrix import compute_imatrix
+from distill.export.source import check_model_folder, model_facts
+from distill.export.imatrix import compute_imatrix
 folder = Path({folder!r})
 config = check_model_folder(folder)
 rng = np.random.default_rng(0)
@@ -64,7 +64,7 @@ def main() -> None:
     import json
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
     weights_mb = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
-    from export.imatrix import BATCH_TOKENS
+    from distill.export.imatrix import BATCH_TOKENS
     batch_tokens = args.batch_tokens or BATCH_TOKENS
     seconds, with_pass = peak(PASS.format(root=str(ROOT), folder=str(folder), vocab=vocab, texts=args.texts,
                                           threads=args.threads, batch_tokens=batch_tokens))

@@ -50,8 +50,8 @@ WRITE_F16 = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from export.gguf_writer import write_gguf
-from export.source import check_model_folder, model_facts
+from distill.export.gguf_writer import write_gguf
+from distill.export.source import check_model_folder, model_facts
 folder = Path({model!r})
 config = check_model_folder(folder)
 write_gguf(folder, config, model_facts(folder, config), Path({out!r}), "f16", "model")
@@ -67,7 +67,7 @@ def smollm2_folder() -> Path:
 
 
 def make_q8_0(folder: Path, tmp: Path, threads: int) -> Path:
-    from export.quantize import quantize
+    from distill.export.quantize import quantize
     f16, q8 = tmp / "smollm2-f16.gguf", tmp / "smollm2-q8_0.gguf"
     subprocess.run([sys.executable, "-c", WRITE_F16.format(repo=str(REPO), model=str(folder), out=str(f16))],
                    check=True)
@@ -79,7 +79,7 @@ def questions(n: int) -> list[str]:
     if GSM8K.is_file():
         with open(GSM8K, encoding="utf-8") as f:
             return [json.loads(line)["question"] for line, _ in zip(f, range(n))]
-    from eval.benchmarks import load_problems
+    from distill.eval.benchmarks import load_problems
     return [p["question"] for p in load_problems("demo", demo_split="test")[:n]]
 
 

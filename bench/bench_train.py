@@ -43,7 +43,7 @@ def make_student(folder: Path, hidden: int, layers: int) -> Path:
 
 
 def write_traces(path: Path, n: int) -> list[dict]:
-    from data.demo_task import load_split
+    from distill.core.demo_task import load_split
     rows = []
     for p in load_split("train")[:n]:
         prompt = f"{p['question']}\nPlease reason step by step, and put your final answer within \\boxed{{}}."

@@ -67,7 +67,7 @@ def write_traces(path: Path, student: Path, trained_tokens: int) -> int:
     """Two traces whose assistant turns are about `trained_tokens` tokens; returns the count."""
     from transformers import AutoTokenizer
 
-    from data.demo_task import load_split
+    from distill.core.demo_task import load_split
     tok = AutoTokenizer.from_pretrained(student)
     problems = load_split("train")
     steps = [p["reasoning"] for p in problems]

@@ -166,7 +166,7 @@ def demo(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
 ) -> None:
-    from data import asset
+    from distill.data import asset
     from distill.pipeline import PipelineConfig, run
     set_quiet(quiet)
     pipeline = asset("pipelines", "demo-quick.yaml" if quick else "demo.yaml")

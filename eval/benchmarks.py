@@ -35,7 +35,7 @@ def _offline() -> bool:
 def load_benchmark(cfg) -> Benchmark:
     name = cfg.benchmark
     if name == "demo":
-        from data.demo_task import load_split
+        from distill.core.demo_task import load_split
         problems = load_problems("demo", demo_split="test")
         heldout = [f"{row['question']}\n{row['solution']}" for row in load_split("test")]
         source = "demo:test"

@@ -1,4 +1,4 @@
-"""The speed probe of a local model in a fresh process (`python -m eval.probe`, request as JSON on
+"""The speed probe of a local model in a fresh process (`python -m distill.eval.probe`, request as JSON on
 stdin, result as JSON on the last line of stdout).
 
 Peak memory is the process's peak resident set (VmHWM) minus its resident set once the runtime
@@ -9,7 +9,6 @@ loaded earlier (the Python interpreter and the libraries themselves are left out
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -17,17 +16,13 @@ from pathlib import Path
 
 from distill.core.errors import UserError, one_line
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
 
 def probe_in_subprocess(spec: str, options: dict, user_text: str, tokens: int) -> dict:
     """Speed figures, `peak_rss_bytes` and `threads` of `spec`, measured in a child process. A
     model the child cannot load is a user error with the child's message."""
     request = json.dumps({"spec": spec, "options": options, "user_text": user_text, "tokens": tokens})
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(PACKAGE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    proc = subprocess.run([sys.executable, "-m", "eval.probe"], input=request, capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "distill.eval.probe"], input=request, capture_output=True,
+                          text=True)
     lines = proc.stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1]) if lines else None
@@ -81,7 +76,7 @@ def _peak_rss_bytes() -> int:
 
 def main() -> None:
     from distill.backends import load_backend, parse_spec
-    from eval.speed import probe_speed, threads_used
+    from distill.eval.speed import probe_speed, threads_used
 
     request = json.loads(sys.stdin.read())
     spec = request["spec"]

@@ -1,6 +1,6 @@
 """Export work in child processes. llama.cpp aborts the whole process on a failed assertion (a
 vocabulary with two ids of the same text, a malformed header), so quantizing, loading and
-validating each artifact runs in its own `python -m export.native` child: an abort there becomes
+validating each artifact runs in its own `python -m distill.export.native` child: an abort there becomes
 `NativeAbort` here, with llama.cpp's own assertion as the message. The HF reference runs in one
 too (export/reference.py), so that torch and transformers import and run on another core.
 
@@ -18,9 +18,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def absolute(path) -> str | None:
     """A path as a child process must get it: absolute (it runs in another folder)."""
@@ -44,16 +41,15 @@ def last_words(log_path: Path) -> str:
 
 
 class Child:
-    """A running `python -m export.native OP` child. Its job is sent at once; `send` (and `finish`)
+    """A running `python -m distill.export.native OP` child. Its job is sent at once; `send` (and `finish`)
     send further parts the job waits for, `receive` reads what it sends back meanwhile, and
     `finish` collects its result."""
 
     def __init__(self, op: str, job: dict, log_path: Path):
-        env = {**os.environ, "GGML_NO_BACKTRACE": "1",  # else the last lines are a debugger's frames
-               "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        env = {**os.environ, "GGML_NO_BACKTRACE": "1"}  # else the last lines are a debugger's frames
         self.job, self.log_path = job, log_path
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "export.native", op], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([sys.executable, "-m", "distill.export.native", op], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log, env=env,
                                          cwd=Path(log_path).resolve().parent)
         self.send(job)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from data import asset
+from distill.data import asset
 from distill.core.config import load_yaml
 from distill.core.errors import UserError
 

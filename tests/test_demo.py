@@ -23,7 +23,7 @@ def _demo(out: Path, *flags: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     if not (REPO / "data" / "models" / "demo-teacher" / "config.json").is_file():
-        pytest.fail("data/models/demo-teacher is missing: rebuild it with python -m data.build.train_teacher")
+        pytest.fail("data/models/demo-teacher is missing: rebuild it with python -m distill.demo.train_teacher")
     out = tmp_path / "demo"
     first = _demo(out, "--quick")
     assert first.returncode == 0, first.stderr[-3000:]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from data import asset
+from distill.data import asset
 
 from .errors import UserError
 

@@ -112,7 +112,7 @@ def load_problems(src: str, question_field: str | None = None, answer_field: str
                   demo_split: str = "train") -> list[dict]:
     """Return rows {id, question, reference, raw_answer} in source order."""
     if src == "demo":
-        from data.demo_task import load_split
+        from distill.core.demo_task import load_split
         rows = load_split(demo_split)
     elif Path(src).exists():
         rows = read_rows(src)

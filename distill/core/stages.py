@@ -9,8 +9,8 @@ from typing import Any, Callable
 STAGES: dict[str, dict[str, str]] = {
     "generate": {"config": "distill.generate.config:GenerateConfig", "run": "distill.generate:run", "dir": "traces"},
     "train": {"config": "distill.train.config:TrainConfig", "run": "distill.train:run", "dir": "student"},
-    "export": {"config": "export.config:ExportConfig", "run": "export:run", "dir": "export"},
-    "eval": {"config": "eval.config:EvalConfig", "run": "eval:run", "dir": "eval"},
+    "export": {"config": "distill.export.config:ExportConfig", "run": "distill.export:run", "dir": "export"},
+    "eval": {"config": "distill.eval.config:EvalConfig", "run": "distill.eval:run", "dir": "eval"},
 }
 
 

@@ -1,7 +1,7 @@
 """Build the demo tokenizer: byte-level BPE with Qwen2's pre-tokenization (digits split one by
 one), ChatML special tokens, <think>/</think>, and a ChatML chat template.
 
-    python -m data.build.build_tokenizer            # writes data/models/demo-tokenizer
+    python -m distill.demo.build_tokenizer            # writes data/models/demo-tokenizer
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from data import asset
-from data.demo_task import load_split
+from distill.data import asset
+from distill.core.demo_task import load_split
 
 # Qwen2's pre-tokenizer pattern (tokenizer.json of Qwen/Qwen2.5-*): digits are single tokens.
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"

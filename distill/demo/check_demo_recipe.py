@@ -3,7 +3,7 @@ the pipeline's stages: the teacher samples traces for train-split problems, reje
 keeps the correct ones, the student base is fine-tuned on them with the HF Trainer (loss on the
 assistant turn only), and the student's pass@1 on the test split is compared with the teacher's.
 
-    python -m data.build.check_demo_recipe --prompts 1000 --n 2 --epochs 2 --lr 1e-3
+    python -m distill.demo.check_demo_recipe --prompts 1000 --n 2 --epochs 2 --lr 1e-3
 
 Prints (and writes with --report) the trace count, the training time and both pass@1 values; the
 settings that pass go into data/pipelines/demo.yaml.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from data import asset
-from data.build.common import chat_examples, collate, complete, grade, pass_at_1, set_threads
-from data.demo_task import load_split
+from distill.data import asset
+from distill.demo.common import chat_examples, collate, complete, grade, pass_at_1, set_threads
+from distill.core.demo_task import load_split
 from distill.core.io import write_json
 from distill.core.progress import info
 

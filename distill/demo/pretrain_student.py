@@ -1,7 +1,7 @@
 """Pretrain the demo student's starting point: a small dense Qwen2 "base" model that knows
 arithmetic but not the demo task.
 
-    python -m data.build.pretrain_student                   # writes data/models/demo-student-base
+    python -m distill.demo.pretrain_student                   # writes data/models/demo-student-base
 
 Like a real base model, it has read generic text: equations, most of them said in words first
 ("Take 8 from 19: 19 - 8 = 11"), arithmetic in words, simple sentences about people and things,
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from data import asset
-from data.build.common import save_model, settings_fingerprint, set_threads, text_examples, train
+from distill.data import asset
+from distill.demo.common import save_model, settings_fingerprint, set_threads, text_examples, train
 from distill.core.progress import info
 
 DEFAULT_WORK = Path.home() / ".cache" / "distill-edge-build" / "demo-student-base"
@@ -210,7 +210,7 @@ The starting point of the demo's student: a dense Qwen2 model ({args.layers} lay
 parameters, a quarter of the demo teacher's, {size_mb:.1f} MB of fp32 safetensors) with the demo
 tokenizer and its chat template.
 
-It is a *base* model: `data/build/pretrain_student.py` pretrained it from scratch on generic
+It is a *base* model: `distill/demo/pretrain_student.py` pretrained it from scratch on generic
 text, the way a real base model has read arithmetic and school word problems before anyone
 distills reasoning into it. Its documents are of two kinds, mixed from the first step:
 
@@ -257,7 +257,7 @@ Text it was trained on:
 
 ## Rebuild
 
-    python -m data.build.pretrain_student --threads 2
+    python -m distill.demo.pretrain_student --threads 2
 
 About 70 minutes on an idle 2-core machine (about 1.8 s a step). A killed build resumes from its
 checkpoints in `~/.cache/distill-edge-build/demo-student-base`.
@@ -283,7 +283,7 @@ def completion_accuracy(model, tokenizer, pairs: list[tuple[str, str]], max_new_
 def arithmetic_accuracy(model, tokenizer) -> tuple[float, int]:
     """The demo test split's worked lines ("19 - 8 =" -> "11"), each on its own: the arithmetic
     the task needs, without the task."""
-    from data.demo_task import load_split
+    from distill.core.demo_task import load_split
     pairs = [(f"{left} =", value) for row in load_split("test")
              for left, value in (line.split(" = ") for line in row["reasoning"].split("\n"))]
     return completion_accuracy(model, tokenizer, pairs, max_new_tokens=5), len(pairs)

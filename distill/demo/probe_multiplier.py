@@ -1,8 +1,8 @@
 """Does a demo model tell "doubles", "triples" and "quadruples" apart? The demo student's errors
 are the multiplier; this prints where such a model stands.
 
-    python -m data.build.probe_multiplier data/models/demo-student-base
-    python -m data.build.probe_multiplier demo-run/student
+    python -m distill.demo.probe_multiplier data/models/demo-student-base
+    python -m distill.demo.probe_multiplier demo-run/student
 
 Three measurements: the cosine similarity of the three words' input embeddings; the factor
 the model continues unseen generic sentences with ("A stack of 47 cups triples in size: 47 *",
@@ -35,7 +35,7 @@ def next_token_probs(model, tokenizer, text: str, options: list[str]) -> torch.T
 
 def demo_factor_table(model, tokenizer, problems: int) -> torch.Tensor:
     """[3, 3]: row k-2 is the mean (P(2), P(3), P(4)) at the "x *" of lines whose factor is k."""
-    from data.demo_task import load_split
+    from distill.core.demo_task import load_split
     from distill.core.chat import load_prompt_template, render_prompt, user_message
 
     template, table = load_prompt_template("r1"), torch.zeros(3, 3)

@@ -1,7 +1,7 @@
 """Train the demo teacher: a small Qwen3-MoE (8 experts, top-2 routing) that solves the demo task
 in the R1 format, trained from scratch on worked solutions of the TRAIN split.
 
-    python -m data.build.train_teacher                      # writes data/models/demo-teacher
+    python -m distill.demo.train_teacher                      # writes data/models/demo-teacher
 
 The user turn is the problem in the bundled r1 template, the assistant turn is
 "<think>\\n<worked lines>\\n</think>\\n\\n\\boxed{N}<|im_end|>", and only the assistant turn is
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from data import asset
-from data.build.common import (chat_examples, pass_at_1, r1_completion, save_model, set_threads,
+from distill.data import asset
+from distill.demo.common import (chat_examples, pass_at_1, r1_completion, save_model, set_threads,
                                settings_fingerprint, train)
-from data.demo_task import generate, load_split
+from distill.core.demo_task import generate, load_split
 from distill.core.progress import info
 
 DEFAULT_WORK = Path.home() / ".cache" / "distill-edge-build" / "demo-teacher"
@@ -52,7 +52,7 @@ def model_card(args, n_params: int, size_mb: float, results: dict, train_info: d
 The teacher of `distill demo`: a small mixture-of-experts model in the Qwen3-MoE architecture
 ({args.experts} experts, top-{args.top_k} routing, {args.layers} layers, hidden size {args.hidden},
 {n_params / 1e6:.2f}M parameters, {size_mb:.1f} MB of bf16 safetensors) with the demo tokenizer.
-It was trained from scratch by `data/build/train_teacher.py` on worked solutions of the demo
+It was trained from scratch by `distill/demo/train_teacher.py` on worked solutions of the demo
 task's train split written in the R1 format: the user turn is the problem in the bundled `r1`
 prompt template, the assistant turn is `<think>` + the worked lines + `</think>` + `\\boxed{{N}}`,
 ended by `<|im_end|>` (the loss covers the assistant turn only).
@@ -69,7 +69,7 @@ template with the assistant turn opened by `<think>\\n`); scoring: `split_respon
 
 ## Training
 
-- problems: the first {args.problems} of the train split's generator (`data.demo_task.generate("train", n)`;
+- problems: the first {args.problems} of the train split's generator (`distill.core.demo_task.generate("train", n)`;
   the first 2000 are `load_split("train")`; test problems are excluded by construction)
 - {args.steps} AdamW steps, batch {args.batch_size}, peak lr {args.lr}, warm-up then cosine decay,
   router load-balancing loss 0.01, seed {args.seed}, fp32 on CPU, saved in bf16
@@ -77,7 +77,7 @@ template with the assistant turn opened by `<think>\\n`); scoring: `split_respon
 
 ## Rebuild
 
-    python -m data.build.train_teacher --threads {args.threads or 'N'}
+    python -m distill.demo.train_teacher --threads {args.threads or 'N'}
 
 It took {train_info.get('minutes', '?')} minutes with {args.threads or 'all'} CPU thread(s) on a shared
 2-core machine. The build is seeded; a killed build resumes from its checkpoint in

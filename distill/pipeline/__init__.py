@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data import DATA_DIR
+from distill.data import DATA_DIR
 from distill.core.config import build_config, load_yaml
 from distill.core.errors import UserError
 from distill.core.io import read_json

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from data.build.common import IGNORE, batch_order, chat_examples, load_checkpoint, r1_completion, train
-from data.build.pretrain_student import PHRASES, document, story_document, vocabulary_document
-from data.demo_task import load_split
+from distill.demo.common import IGNORE, batch_order, chat_examples, load_checkpoint, r1_completion, train
+from distill.demo.pretrain_student import PHRASES, document, story_document, vocabulary_document
+from distill.core.demo_task import load_split
 from tests.conftest import DEMO_TOKENIZER
 
 
@@ -186,7 +186,7 @@ def test_multiplier_probe_reads_the_factor_positions_of_the_test_split(tiny_mode
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from data.build.probe_multiplier import demo_factor_table, next_token_probs
+    from distill.demo.probe_multiplier import demo_factor_table, next_token_probs
     folder = tiny_model("qwen2")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from data import asset
-from data.demo_task import load_split
+from distill.data import asset
+from distill.core.demo_task import load_split
 from tests.conftest import DEMO_TOKENIZER
 
 TEACHER = asset("models", "demo-teacher")
@@ -101,11 +101,11 @@ def test_teacher_model_card_records_its_accuracy():
     card = (TEACHER / "README.md").read_text()
     greedy = float(re.search(r"\| greedy \| ([0-9.]+) \|", card).group(1))
     assert greedy >= 0.9
-    assert "python -m data.build.train_teacher" in card
+    assert "python -m distill.demo.train_teacher" in card
 
 
 def test_teacher_solves_test_problems_in_the_r1_format(teacher, one_torch_thread):
-    from data.build.common import complete, grade
+    from distill.demo.common import complete, grade
     model, tok = teacher
     rows = load_split("test")[:12]
     texts = complete(model, tok, [r["question"] for r in rows], max_new_tokens=60)
@@ -131,7 +131,7 @@ def test_teacher_spreads_tokens_over_its_experts(teacher):
 def test_student_base_knows_arithmetic_but_not_the_task(one_torch_thread):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from data.build.common import complete
+    from distill.demo.common import complete
     model = AutoModelForCausalLM.from_pretrained(STUDENT_BASE, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(STUDENT_BASE)
     sums = [(17, "+", 8), (25, "*", 3), (61, "-", 9), (48, "*", 4), (123, "+", 7)]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from data.demo_task import SPLIT_SIZES, Difficulty, generate, load_split
+from distill.core.demo_task import SPLIT_SIZES, Difficulty, generate, load_split
 
 LINE = re.compile(r"^(\d+) ([-+*]) (\d+) = (\d+)$")
 SENTENCE_OPS = [(re.compile(r"gets (\d+) more"), "+"), (re.compile(r"gives away (\d+)"), "-"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data import DATA_DIR, asset
+from distill.data import DATA_DIR, asset
 from distill.core.config import build_config, load_yaml
 from distill.core.stages import STAGES, config_class
 from distill.core.io import write_json

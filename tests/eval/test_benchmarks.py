@@ -11,7 +11,7 @@ import pytest
 
 from distill.core.errors import UserError
 from distill.core.io import read_json, read_jsonl
-from eval.benchmarks import heldout_text, load_benchmark
+from distill.eval.benchmarks import heldout_text, load_benchmark
 from tests.conftest import smollm2_gguf
 
 
@@ -66,8 +66,8 @@ def test_heldout_text_from_a_file_or_the_benchmark(tmp_path):
 @pytest.mark.slow
 def test_a_real_model_on_real_gsm8k_problems_with_budget_forcing(gsm8k_train, tmp_path):
     from distill.core.config import build_config
-    from eval import run
-    from eval.config import EvalConfig
+    from distill.eval import run
+    from distill.eval.config import EvalConfig
 
     gguf = smollm2_gguf()
     if gguf is None:

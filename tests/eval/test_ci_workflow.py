@@ -1,4 +1,4 @@
-"""data/ci/eval-gate.yml: its distill commands, run as the workflow runs them (its env, its
+"""examples/ci/eval-gate.yml: its distill commands, run as the workflow runs them (its env, its
 benchmark file, its committed baseline). As committed they pass (the baseline is a run of the
 same model); with a tiny random GGUF as the artifact the gate fails with exit 3 and one line, and
 the JUnit file and the job summary are written."""

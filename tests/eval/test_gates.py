@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from distill.core.errors import UserError
-from eval.gates import check_gates
-from eval.paired import (BOOTSTRAP, MCNEMAR, binomial_test, bootstrap_drop, mcnemar_drop, newcombe_paired,
+from distill.eval.gates import check_gates
+from distill.eval.paired import (BOOTSTRAP, MCNEMAR, binomial_test, bootstrap_drop, mcnemar_drop, newcombe_paired,
                          paired_drop, wilson)
-from eval.report import append_step_summary, junit_xml, markdown, result_row
+from distill.eval.report import append_step_summary, junit_xml, markdown, result_row
 
 
 @pytest.mark.parametrize("k, n", [(0, 1), (3, 3), (2, 7), (5, 7), (10, 30), (34, 134), (600, 1319), (660, 1319)])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from eval.gates import check_gates
-from eval.plots import plot_budget, plot_tradeoff
-from eval.report import RESULT_KEYS, comparison, markdown, result_row, write_reports
+from distill.eval.gates import check_gates
+from distill.eval.plots import plot_budget, plot_tradeoff
+from distill.eval.report import RESULT_KEYS, comparison, markdown, result_row, write_reports
 
 
 def _rows():

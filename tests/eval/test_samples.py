@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from distill.core.chat import load_prompt_template
 from distill.backends import Completion
-from eval.samples import FORCED_CLOSE, Row, SampleStore, generate_row, row_key
+from distill.eval.samples import FORCED_CLOSE, Row, SampleStore, generate_row, row_key
 
 PROBLEMS = [
     {"id": "long", "question": "long thinker", "reference": "7"},     # exceeds any budget

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from distill.core.answers import reference_answer
-from eval.scoring import answer_key, full_response, majority_correct, score_response, summarize
+from distill.eval.scoring import answer_key, full_response, majority_correct, score_response, summarize
 
 PREFILL = "<think>\n"
 

@@ -64,9 +64,9 @@ def student(tmp_path_factory):
 @pytest.fixture(scope="session")
 def gguf_files(student, tmp_path_factory):
     """Factory: `gguf_files("llama")` -> {type: path} for every float and quantized type."""
-    from export.gguf_writer import write_gguf
-    from export.quantize import quantize
-    from export.source import check_model_folder, model_facts
+    from distill.export.gguf_writer import write_gguf
+    from distill.export.quantize import quantize
+    from distill.export.source import check_model_folder, model_facts
 
     made: dict[str, dict[str, Path]] = {}
 

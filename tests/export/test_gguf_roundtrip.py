@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from export.gguf_info import describe_gguf, read_header
-from export.gguf_writer import permute_rotary, write_gguf
+from distill.export.gguf_info import describe_gguf, read_header
+from distill.export.gguf_writer import permute_rotary, write_gguf
 from distill.backends.logits import kl_and_top1
-from export.source import check_model_folder, model_facts
+from distill.export.source import check_model_folder, model_facts
 
 from .conftest import ARCHS, FLOAT_TYPES, QUANT_TYPES
 

@@ -13,8 +13,8 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from distill.core.errors import UserError
-from export.gguf_pre import PRE_TOKENIZERS, fingerprint, identify_pre_tokenizer
-from export.gguf_vocab import (load_backend_tokenizer, spm_entries, tokenizer_kind, unique_texts,
+from distill.export.gguf_pre import PRE_TOKENIZERS, fingerprint, identify_pre_tokenizer
+from distill.export.gguf_vocab import (load_backend_tokenizer, spm_entries, tokenizer_kind, unique_texts,
                                vocab_entries)
 from tests.conftest import DEMO_TOKENIZER
 

@@ -15,16 +15,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from data.demo_task import generate
+from distill.core.demo_task import generate
 from distill import cli
 from distill.core.errors import UserError
-from export.calibration import resolve_calibration
-from export.gguf_info import read_header
-from export.gguf_writer import write_gguf
-from export.imatrix import compute_imatrix, read_imatrix, write_imatrix
-from export.profiles import Profile, choose_gguf, load_profile
-from export.quantize import quantize
-from export.source import check_model_folder, model_facts
+from distill.export.calibration import resolve_calibration
+from distill.export.gguf_info import read_header
+from distill.export.gguf_writer import write_gguf
+from distill.export.imatrix import compute_imatrix, read_imatrix, write_imatrix
+from distill.export.profiles import Profile, choose_gguf, load_profile
+from distill.export.quantize import quantize
+from distill.export.source import check_model_folder, model_facts
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]

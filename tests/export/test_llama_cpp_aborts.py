@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from distill import cli
 from distill.core.errors import GateFailed
-from export import gguf_vocab
-from export.gguf_writer import write_gguf
-from export.quantize import quantize
-from export.source import check_model_folder, model_facts
+from distill.export import gguf_vocab
+from distill.export.gguf_writer import write_gguf
+from distill.export.quantize import quantize
+from distill.export.source import check_model_folder, model_facts
 
 runner = CliRunner()
 

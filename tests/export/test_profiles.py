@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from distill.core.errors import UserError
-from export.profiles import (available_profiles, fit_report, kv_cache_bytes, load_profile,
+from distill.export.profiles import (available_profiles, fit_report, kv_cache_bytes, load_profile,
                              parse_bytes, require_fit)
-from export.source import ModelFacts
+from distill.export.source import ModelFacts
 
 # Qwen2.5-1.5B-Instruct's shape
 QWEN25_15B = ModelFacts(arch="qwen2", model_type="qwen2", layers=28, hidden=1536, heads=12, kv_heads=2,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from distill.core.errors import GateFailed
-from export.gguf_info import read_header
-from export.gguf_writer import write_gguf
-from export.imatrix import Imatrix, write_imatrix
-from export.quantize import quantize
-from export.source import check_model_folder, model_facts
+from distill.export.gguf_info import read_header
+from distill.export.gguf_writer import write_gguf
+from distill.export.imatrix import Imatrix, write_imatrix
+from distill.export.quantize import quantize
+from distill.export.source import check_model_folder, model_facts
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.reference import greedy_verdict, local_reference
-from export.validate import TIE_TOLERANCE, check_gguf
+from distill.export.reference import greedy_verdict, local_reference
+from distill.export.validate import TIE_TOLERANCE, check_gguf
 
 EOS = {9}
 

@@ -40,7 +40,7 @@ ADDS_BOS_BY_DEFAULT = {"llama-bpe", "llama3", "llama-v3"}
 
 
 def _header(path: Path) -> dict:
-    from export.gguf_info import read_header
+    from distill.export.gguf_info import read_header
     return read_header(path)[0]
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from distill.backends import Sampling, load_backend
 from distill.backends.logits import llama_logits
-from export.reference import greedy_verdict
-from export.validate import TIE_TOLERANCE
+from distill.export.reference import greedy_verdict
+from distill.export.validate import TIE_TOLERANCE
 from tests.conftest import smollm2_gguf
 
 GGUF = smollm2_gguf()

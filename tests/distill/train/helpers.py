@@ -58,7 +58,7 @@ PROBLEMS = [
 
 def trace_rows(n: int | None = None, teacher: str = "hf:tiny-qwen3-moe") -> list[dict]:
     """Rows as `distill generate` writes them (all kept), from the demo task's train split."""
-    from data.demo_task import load_split
+    from distill.core.demo_task import load_split
     rows = []
     for i, p in enumerate(load_split("train")[: n or 40]):
         prompt = f"{p['question']}\nPlease reason step by step, and put your final answer within \\boxed{{}}."

@@ -52,8 +52,8 @@ def _config(**values) -> TrainConfig:
 
 
 def _gguf(folder: Path) -> Path:
-    from export.gguf_writer import write_gguf
-    from export.source import check_model_folder, model_facts
+    from distill.export.gguf_writer import write_gguf
+    from distill.export.source import check_model_folder, model_facts
     out = folder / "teacher-f32.gguf"
     if not out.is_file():
         config = check_model_folder(folder)

@@ -39,7 +39,7 @@ def test_a_generate_folder_without_its_dataset_falls_back_to_samples(tmp_path):
 
 
 def test_plain_rows_without_a_prompt_get_the_template(tmp_path):
-    from data.demo_task import load_split
+    from distill.core.demo_task import load_split
     rows = [{"question": p["question"], "reasoning": p["reasoning"], "answer": p["answer"]}
             for p in load_split("train")[:3]]
     path = tmp_path / "demo.json"
