@@ -21,8 +21,8 @@ class _NoTopLevelFolders(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name, path=None, target=None):
         if path is None and name in self.NAMES:
-            raise ImportError(f"import {name}: the package is distill.{name} (the repository folder "
-                              f"{name}/ is not an import name of its own)")
+            raise ImportError(f"import {name}: the installed name is distill.{name} (the repository's "
+                              f"{name} is not an import name of its own)")
         return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 
 runner = CliRunner()
 

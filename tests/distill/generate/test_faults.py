@@ -8,7 +8,7 @@ import json
 
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 from distill.core.io import read_json, read_jsonl
 from tests.distill.generate.servers import FakeOpenAI
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 from distill.core.io import read_json, read_jsonl
 from tests.distill.generate.servers import FakeOpenAI
 

@@ -13,7 +13,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 from distill.core.io import read_json, read_jsonl
 from tests.conftest import REPO
 from tests.distill.generate.servers import FakeOpenAI

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 from distill.core.io import read_json, read_jsonl
 from tests.conftest import smollm2_gguf
 from tests.distill.generate.servers import llama_server

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 from distill.core.chat import render_prompt
 from distill.core.config import build_config
 from distill.core.errors import UserError

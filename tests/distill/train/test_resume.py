@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 from distill.train.chat_format import encode_traces, end_of_turn
 from distill.train.traces import load_traces
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-import cli
+from distill import cli
 from distill.core.config import build_config
 from distill.core.records import is_up_to_date
 from distill.train import run
