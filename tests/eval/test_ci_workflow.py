@@ -21,7 +21,7 @@ import yaml
 from distill.core.io import read_json, read_jsonl
 from tests.conftest import REPO
 
-WORKFLOW = REPO / "data" / "ci" / "eval-gate.yml"
+WORKFLOW = REPO / "examples" / "ci" / "eval-gate.yml"
 
 
 def _workflow() -> tuple[dict, list[dict]]:
@@ -75,7 +75,8 @@ def test_the_workflow_commands_gate_a_tiny_gguf(exported, tmp_path):
     env, steps = _workflow()
     work = tmp_path / "checkout"
     work.mkdir()
-    (work / "data").symlink_to(REPO / "data")  # the paths of the workflow are relative to the checkout
+    for folder in ("data", "examples"):  # the paths of the workflow are relative to the checkout
+        (work / folder).symlink_to(REPO / folder)
     summary = tmp_path / "step-summary.md"
     env = {**env, "ARTIFACT": f"gguf:{exported['gguf']}", "GITHUB_STEP_SUMMARY": str(summary)}
     commands = [_commands(s["run"], env) for s in steps if "run" in s and s["run"].lstrip().startswith("distill ")]
@@ -109,7 +110,8 @@ def test_the_workflow_as_committed_passes(tmp_path):
     env, steps = _workflow()
     work = tmp_path / "checkout"
     work.mkdir()
-    (work / "data").symlink_to(REPO / "data")
+    for folder in ("data", "examples"):
+        (work / folder).symlink_to(REPO / folder)
     done = _run_distill(_commands(gate_line(steps), env), work, env)
     assert done.returncode == 0, done.stderr
     words = _commands(gate_line(steps), env)
