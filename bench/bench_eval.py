@@ -52,7 +52,7 @@ def random_student(folder: Path) -> Path:
 
 def eval_seconds(model: Path, out: Path, batch_size: int, args) -> tuple[float, dict]:
     from distill.core.config import build_config
-    from distill.eval import run
+    from distill.eval.stage import run
     from distill.eval.config import EvalConfig
 
     cfg = build_config(EvalConfig, dict(model=[f"hf:{model}"], label=["model"], benchmark="demo",

@@ -63,7 +63,7 @@ def demo_traces(n: int, out: Path) -> Path:
 def export(model: Path, traces: Path, out: Path, problems: int, threads: int, types: list[str],
            heldout_tokens: int) -> dict:
     from distill.core.errors import GateFailed
-    from distill.export import run
+    from distill.export.stage import run
     from distill.export.config import ExportConfig
 
     config = ExportConfig(model=str(model), out=str(out), gguf=["f16", *types], imatrix=str(traces),

@@ -92,7 +92,7 @@ def run_trl(student: Path, rows: list[dict], args, out: Path) -> dict:
 def run_distill(student: Path, traces: Path, args, out: Path, packing: bool) -> dict:
     from distill.core.config import build_config
     from distill.core.progress import set_quiet
-    from distill.train import run
+    from distill.train.stage import run
     from distill.train.config import TrainConfig
     set_quiet(True)
     run(build_config(TrainConfig, {"student": str(student), "traces": str(traces), "out": str(out),

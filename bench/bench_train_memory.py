@@ -91,7 +91,7 @@ def full_loss_sums(model, batch, teacher=None, kd=(0.5, 1.0, "forward_kl")):
     """The loss before chunking: the model's logits for every trained position at once."""
     import torch
 
-    from distill.train.chat_format import IGNORE
+    from distill.core.traces import IGNORE
     from distill.train.losses import cross_entropy_sum, distillation_sum
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}
     trained = batch["shift_labels"].ne(IGNORE)

@@ -21,7 +21,10 @@ from distill.chat import run as run_chat
 from distill.core.config import field_types, load_config
 from distill.core.errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USER, GateFailed, UserError, one_line
 from distill.core.progress import set_quiet
-from distill.core.stages import config_class, run_function
+from distill.data import asset
+from distill.pipeline import PipelineConfig
+from distill.pipeline import run as run_pipeline_file
+from distill.pipeline.stages import STAGES
 
 app = typer.Typer(
     help="Distil a large reasoning model into small models that run on laptops and Raspberry Pis.\n\n"
@@ -35,7 +38,7 @@ EXAMPLES = {
                 "--api-key-env DEEPSEEK_API_KEY --prompts openai/gsm8k:main@train --n 4 --out traces",
     "train": "distill train --student Qwen/Qwen2.5-1.5B-Instruct --traces traces --out student "
              "--lora --lr 2e-4 --epochs 3\n\n    (multi-GPU: accelerate launch --config_file "
-             "data/accelerate/ddp.yaml -m distill train ...)",
+             "\"$(python -m distill.data accelerate/ddp.yaml)\" -m distill train ...)",
     "export": "distill export --model student --out export --target rpi5-8gb",
     "eval": "distill eval --model hf:student --model gguf:export/model-q4_k_m.gguf "
             "--label student --label q4 --benchmark gsm8k --limit 200 --out eval",
@@ -80,7 +83,7 @@ def _flag_type(tp: Any) -> Any:
 
 
 def _stage_command(stage: str) -> Callable:
-    return _config_command(config_class(stage), stage, lambda cfg: run_function(stage)(cfg))
+    return _config_command(STAGES[stage].config, stage, lambda cfg: STAGES[stage].run(cfg))
 
 
 def _config_command(cls: type, name: str, run: Callable[[Any], Any], arguments: tuple[str, ...] = ()) -> Callable:
@@ -139,7 +142,7 @@ app.command("chat", short_help="Talk to a model (GGUF, ONNX, hf folder, openai: 
 @app.command("run", short_help="Run the stages a pipeline YAML lists into one run directory.",
              help="Run the stages a pipeline YAML lists, in order, into one run directory "
                   "(DIR/traces, DIR/student, DIR/export, DIR/eval). A rerun skips every stage whose "
-                  "config and inputs are unchanged.\n\nExample:\n\n    distill run data/pipelines/r1-qwen2.5-1.5b-rpi5.yaml --out runs/gsm8k")
+                  "config and inputs are unchanged.\n\nExample:\n\n    distill run pipeline.yaml --out runs/gsm8k")
 def run_pipeline(
     pipeline: Path = typer.Argument(..., help="Pipeline YAML: one section per stage"),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory"),
@@ -148,9 +151,8 @@ def run_pipeline(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
 ) -> None:
-    from distill.pipeline import PipelineConfig, run
     set_quiet(quiet)
-    _report_errors(lambda: run(PipelineConfig(str(pipeline), str(out), list(stage or []), force)), debug)
+    _report_errors(lambda: run_pipeline_file(PipelineConfig(str(pipeline), str(out), list(stage or []), force)), debug)
 
 
 @app.command("demo", short_help="Run the whole pipeline offline on a CPU with the bundled models.",
@@ -166,11 +168,9 @@ def demo(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
 ) -> None:
-    from distill.data import asset
-    from distill.pipeline import PipelineConfig, run
     set_quiet(quiet)
     pipeline = asset("pipelines", "demo-quick.yaml" if quick else "demo.yaml")
-    _report_errors(lambda: run(PipelineConfig(str(pipeline), str(out), [], force, seed)), debug)
+    _report_errors(lambda: run_pipeline_file(PipelineConfig(str(pipeline), str(out), [], force, seed)), debug)
 
 
 def main() -> None:

@@ -43,59 +43,29 @@ def run(config) -> dict:
         info("[yellow]--samples > 1 with --temperature 0: every sample is the same greedy response "
              "(the R1 protocol samples at 0.6 with top-p 0.95)[/]")
     with StageRecord("eval", config, out) as rec:
+        # prepare: the models, the benchmark and the rows (a model at each thinking budget)
         template = load_prompt_template(config.prompt_template)
         models = resolve_models(config)
         benchmark = load_benchmark(config)
         if config.baseline:
             load_baseline(config.baseline)  # a wrong file fails now, not after the generation
-        budgets = sorted(config.think_budget) or [None]
-        rows = {label: [Row(label, spec, kind, target, b) for b in budgets] for label, spec, kind, target in models}
-        for row in (r for model_rows in rows.values() for r in model_rows):
-            row.key = row_key(row, config, benchmark.name, template)
-        store = SampleStore(out, {r.key for model_rows in rows.values() for r in model_rows})
+        rows = plan_rows(config, models, benchmark.name, template)
+        keys = [r.key for model_rows in rows.values() for r in model_rows]
+        store = SampleStore(out, set(keys))
         measured = MeasurementCache(out / "measurements.partial.json")
-        reference = None
-        results = []
+        # produce: every model's responses and figures (resumable)
+        reference: dict = {}
         try:
-            for label, spec, kind, target in models:
-                info(f"[bold]{label}[/] ({spec})")
-                figures = measured.get(label, measurement_key(spec, config))
-                missing = [r for r in rows[label] if not row_complete(store, r, benchmark.problems, config)]
-                if missing or figures is None:
-                    figures = evaluate_model(config, rows[label], missing, benchmark, template, store,
-                                             figures)
-                if config.reference and kind != "openai" and "mean_kld" not in figures:
-                    if reference is None:
-                        info(f"reference {config.reference}: scoring the held-out text")
-                        reference = load_reference(config.reference, heldout_text(config, benchmark), config)
-                        measured.put_reference(config.reference, reference.perplexity, reference.tokens)
-                    figures.update(measure_fidelity(kind, target, reference, config))
-                measured.put(label, measurement_key(spec, config), figures)
-                for row in rows[label]:
-                    summary = summarize(store.of_row(row.key), config.samples)
-                    results.append(result_row(label=label, model=spec, backend=kind, benchmark=benchmark.name,
-                                              think_budget=row.budget, samples_per_problem=config.samples,
-                                              **summary, **figures))
+            results = [row for label, spec, kind, target in models
+                       for row in evaluate(config, label, spec, kind, target, rows[label], benchmark, template,
+                                           store, measured, reference)]
         finally:
             store.close()
-        samples_path = store.finish([r.key for model_rows in rows.values() for r in model_rows])
-        plots = [p for p in (plot_tradeoff(results, out / TRADEOFF_PNG), plot_budget(results, out / BUDGET_PNG)) if p]
-        for stale in {out / TRADEOFF_PNG, out / BUDGET_PNG} - set(plots):
-            stale.unlink(missing_ok=True)
+        # save: samples, plots, report, gates
+        samples_path = store.finish(keys)
+        plots = write_plots(results, out)
         gates = check_gates(results, config, list(store.rows.values()))
-        report = {
-            "schema_version": SCHEMA_VERSION,
-            "benchmark": {"name": benchmark.name, "source": benchmark.source, "n_problems": len(benchmark.problems)},
-            "settings": {k: getattr(config, k) for k in ("samples", "temperature", "top_p", "max_new_tokens", "seed",
-                                                         "think_budget", "answer_tokens", "prompt_template",
-                                                         "speed_tokens", "batch_size", "concurrency")},
-            "reference": measured.reference if config.reference else None,
-            "memory_method": MEMORY_METHOD,
-            "results": results,
-            "comparison": comparison(results),
-            "gates": gates,
-            "plots": [p.name for p in plots],
-        }
+        report = build_report(config, benchmark, measured, results, gates, plots)
         written = write_reports(out, report)
         if config.junit:
             written.append(write_junit(Path(config.junit), report))
@@ -109,6 +79,61 @@ def run(config) -> dict:
         if gates["failed"]:
             raise GateFailed("; ".join(gates["failed"]))
     return {"report": str(out / "report.json"), "results": results}
+
+
+def plan_rows(config, models: list[tuple], benchmark: str, template: str) -> dict[str, list[Row]]:
+    """label -> the rows of that model, one per thinking budget, each with its resume key."""
+    budgets = sorted(config.think_budget) or [None]
+    rows = {label: [Row(label, spec, kind, target, b) for b in budgets] for label, spec, kind, target in models}
+    for row in (r for model_rows in rows.values() for r in model_rows):
+        row.key = row_key(row, config, benchmark, template)
+    return rows
+
+
+def evaluate(config, label: str, spec: str, kind: str, target: str, rows: list[Row], benchmark, template: str,
+             store: SampleStore, measured: MeasurementCache, reference: dict) -> list[dict]:
+    """The report rows of one model: its missing responses generated, its figures measured (or
+    taken from an interrupted run), its fidelity to --reference (loaded into `reference` once, for
+    every model of the run)."""
+    info(f"[bold]{label}[/] ({spec})")
+    figures = measured.get(label, measurement_key(spec, config))
+    missing = [r for r in rows if not row_complete(store, r, benchmark.problems, config)]
+    if missing or figures is None:
+        figures = evaluate_model(config, rows, missing, benchmark, template, store, figures)
+    if config.reference and kind != "openai" and "mean_kld" not in figures:
+        if "logits" not in reference:
+            info(f"reference {config.reference}: scoring the held-out text")
+            reference["logits"] = load_reference(config.reference, heldout_text(config, benchmark), config)
+            measured.put_reference(config.reference, reference["logits"].perplexity, reference["logits"].tokens)
+        figures.update(measure_fidelity(kind, target, reference["logits"], config))
+    measured.put(label, measurement_key(spec, config), figures)
+    return [result_row(label=label, model=spec, backend=kind, benchmark=benchmark.name, think_budget=row.budget,
+                       samples_per_problem=config.samples, **summarize(store.of_row(row.key), config.samples),
+                       **figures) for row in rows]
+
+
+def write_plots(results: list[dict], out: Path) -> list[Path]:
+    plots = [p for p in (plot_tradeoff(results, out / TRADEOFF_PNG), plot_budget(results, out / BUDGET_PNG)) if p]
+    for stale in {out / TRADEOFF_PNG, out / BUDGET_PNG} - set(plots):
+        stale.unlink(missing_ok=True)
+    return plots
+
+
+def build_report(config, benchmark, measured: MeasurementCache, results: list[dict], gates: dict,
+                 plots: list[Path]) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "benchmark": {"name": benchmark.name, "source": benchmark.source, "n_problems": len(benchmark.problems)},
+        "settings": {k: getattr(config, k) for k in ("samples", "temperature", "top_p", "max_new_tokens", "seed",
+                                                     "think_budget", "answer_tokens", "prompt_template",
+                                                     "speed_tokens", "batch_size", "concurrency")},
+        "reference": measured.reference if config.reference else None,
+        "memory_method": MEMORY_METHOD,
+        "results": results,
+        "comparison": comparison(results),
+        "gates": gates,
+        "plots": [p.name for p in plots],
+    }
 
 
 def evaluate_model(config, rows: list[Row], missing: list[Row], benchmark, template: str,

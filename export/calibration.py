@@ -2,7 +2,7 @@
 
 Traces (a `distill generate` folder, a dataset or a JSONL file with problem / reasoning / answer,
 or by default the traces named in the student's train.json) are rendered with the student's chat
-template by the same code as training (distill/train/chat_format.py). Other JSONL files give one
+template by the trace module, as in training (distill/core/traces.py). Other JSONL files give one
 text per row (`text`, or `messages` rendered with the chat template); a .txt file is cut into
 chunks of the context length, as llama.cpp's imatrix tool cuts its input. Whole problems are kept
 apart for validation: the matrix never sees the texts the quants are measured on."""
@@ -19,6 +19,7 @@ import numpy as np
 from distill.core.errors import UserError
 from distill.core.io import read_json, read_jsonl
 from distill.core.progress import info
+from distill.core.traces import encode_traces, end_of_turn, load_traces, split_heldout
 
 TEXT_CHUNK = 512  # llama.cpp's imatrix tool calibrates on chunks of its default context, 512
 SEED = 0
@@ -63,9 +64,6 @@ def _is_imatrix_file(path: Path) -> bool:
 
 
 def _trace_samples(tokenizer, src: str, prompt_template: str, context: int) -> tuple[list[dict], int]:
-    from distill.train.chat_format import encode_traces, end_of_turn
-    from distill.train.traces import load_traces
-
     traces = load_traces(src, prompt_template)
     eot = end_of_turn(tokenizer, "model")
     samples, too_long = encode_traces(tokenizer, traces.rows, eot, context, "model")
@@ -126,8 +124,6 @@ def _samples(tokenizer, src: str, prompt_template: str, context: int) -> tuple[l
 
 def _split(samples: list[dict], heldout: float, max_texts: int, heldout_tokens: int
            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from distill.train.batching import split_heldout
-
     train, held = split_heldout(samples, heldout, SEED)
     if len(train) > max_texts:
         train = random.Random(SEED).sample(train, max_texts)

@@ -1,7 +1,8 @@
-"""Export work in child processes. llama.cpp aborts the whole process on a failed assertion (a
-vocabulary with two ids of the same text, a malformed header), so quantizing, loading and
-validating each artifact runs in its own `python -m distill.export.native` child: an abort there becomes
-`NativeAbort` here, with llama.cpp's own assertion as the message. The HF reference runs in one
+"""Export work in child processes, the parent's side. llama.cpp aborts the whole process on a
+failed assertion (a vocabulary with two ids of the same text, a malformed header), so quantizing,
+loading and validating each artifact runs in its own `python -m distill.export.worker OP` child
+(worker.py, the child's side): an abort there becomes `NativeAbort` here, with llama.cpp's own
+assertion as the message. The HF reference runs in one
 too (export/reference.py), so that torch and transformers import and run on another core.
 
 Only small things cross the boundary: JSON lines each way (the job, the parts a child waits for,
@@ -41,7 +42,7 @@ def last_words(log_path: Path) -> str:
 
 
 class Child:
-    """A running `python -m distill.export.native OP` child. Its job is sent at once; `send` (and `finish`)
+    """A running `python -m distill.export.worker OP` child. Its job is sent at once; `send` (and `finish`)
     send further parts the job waits for, `receive` reads what it sends back meanwhile, and
     `finish` collects its result."""
 
@@ -49,7 +50,7 @@ class Child:
         env = {**os.environ, "GGML_NO_BACKTRACE": "1"}  # else the last lines are a debugger's frames
         self.job, self.log_path = job, log_path
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "distill.export.native", op], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([sys.executable, "-m", "distill.export.worker", op], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log, env=env,
                                          cwd=Path(log_path).resolve().parent)
         self.send(job)
@@ -99,44 +100,6 @@ class Child:
 
 
 def run_child(op: str, job: dict, log_path: Path) -> dict:
-    """Run `op` (a name in OPS) on `job` in a child process; its result dict. llama.cpp's log
+    """Run `op` (a name in worker.OPS) on `job` in a child process; its result dict. llama.cpp's log
     goes to `log_path`."""
     return Child(op, job, log_path).finish()
-
-
-def _quantize(job: dict, more, emit) -> dict:
-    from .quantize import quantize_here
-    return quantize_here(job)
-
-
-def _check_gguf(job: dict, more, emit) -> dict:
-    from .validate import check_gguf_here
-    return check_gguf_here(job, more, emit)
-
-
-def _reference(job: dict, more, emit) -> dict:
-    from .reference import reference_here
-    return reference_here(job, more, emit)
-
-
-OPS = {"quantize": _quantize, "check_gguf": _check_gguf, "reference": _reference}
-
-
-def main() -> int:
-    # The result goes to the real stdout; anything native code prints goes to the log.
-    result_out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    def more() -> dict | None:  # the next part the parent sends; None once it has closed
-        line = sys.stdin.readline()
-        return json.loads(line) if line else None
-
-    def emit(message: dict) -> None:
-        result_out.write(json.dumps(message) + "\n")
-        result_out.flush()
-
-    emit(OPS[sys.argv[1]](more(), more, emit))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

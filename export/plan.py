@@ -1,9 +1,12 @@
-"""Which artifacts to build and for which context length, decided (and checked) before any work,
-so that bad requests fail in a second with nothing written."""
+"""What an export builds and for which context length, decided and checked before any work, so
+that a bad request fails in a second with nothing written: one `ExportPlan`, made from the request
+(`ExportPlan.of`) and completed once the model's facts are known (`fit_to`). The helpers below
+are its steps."""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -11,10 +14,58 @@ from distill.core.errors import UserError
 from distill.core.io import TMP_PREFIX
 
 from .config import DEFAULT_GGUF, DEFAULT_ONNX, GGUF_FLOAT_TYPES, NEEDS_IMATRIX, ExportConfig
-from .profiles import Profile, estimated_size, fit_report, require_fit
+from .profiles import Profile, estimated_size, fit_report, load_profile, require_fit
 from .source import ModelFacts
 
 DEFAULT_CONTEXT = 4096
+
+
+@dataclass
+class ExportPlan:
+    out: Path
+    profile: Optional[Profile]
+    gguf: list[str]                  # GGUF types to build (candidates that do not fit left out)
+    onnx: list[str]                  # ONNX precisions to build
+    threads: int                     # for quantization and the importance matrix
+    context: int = 0                 # the context length the artifacts are checked to fit
+    not_fitting: list[str] = field(default_factory=list)
+    check_threads: int = 1           # for the validation checks
+
+    @classmethod
+    def of(cls, config: ExportConfig) -> "ExportPlan":
+        """The request checked: output folder, profile, formats, runtimes."""
+        import os
+        out = Path(config.out)
+        check_out_folder(out, config.overwrite)
+        profile = load_profile(config.target) if config.target else None
+        gguf, onnx = choose_formats(config, profile)
+        require_runtimes(gguf, onnx, config.validate)
+        return cls(out, profile, gguf, onnx, config.threads or os.cpu_count() or 1)
+
+    def fit_to(self, config: ExportConfig, facts: ModelFacts) -> list[str]:
+        """The context, the candidates that fit, and the estimated fit of everything else, for
+        this model; returns the candidate types left out."""
+        self.context = choose_context(config, self.profile, facts)
+        self.gguf, self.not_fitting = drop_unfitting_candidates(config, self.profile, facts, self.gguf,
+                                                                self.context)
+        precheck_fit(facts, self.gguf, self.onnx, self.profile, self.context)
+        self.check_threads = validation_threads(config.threads, self.threads, facts)
+        return self.not_fitting
+
+    @property
+    def needs_base_f16(self) -> bool:
+        return needs_base_f16(self.gguf)
+
+    def work_folder(self) -> Path:
+        """A fresh hidden work folder beside the output, after removing those that stopped
+        exports left there."""
+        import tempfile
+
+        from distill.core.progress import info
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        for name in remove_stale_temporaries(self.out):
+            info(f"Removed {name}, left by an export that was stopped")
+        return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{self.out.name}.work.", dir=self.out.parent)).resolve()
 
 
 def _unique(items) -> list[str]:

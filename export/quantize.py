@@ -1,5 +1,5 @@
 """Quantization by llama.cpp's own quantizer, through llama-cpp-python's `llama_model_quantize`,
-in a child process (export/native.py): an abort inside llama.cpp becomes a one-line error.
+in a child process (export/child.py, export/worker.py): an abort inside llama.cpp becomes a one-line error.
 
 llama.cpp chooses the type of each tensor itself (q4_k_m keeps some tensors at q6_k, and rows
 that are not a multiple of the k-quant block size fall back to other types); `describe_gguf`
@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 from distill.core.errors import GateFailed, UserError
 
 from .config import NEEDS_IMATRIX
-from .native import NativeAbort, absolute, last_words, run_child
+from .child import NativeAbort, absolute, last_words, run_child
 
 
 @contextlib.contextmanager

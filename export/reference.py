@@ -145,7 +145,7 @@ def local_reference(folder: Path, new_tokens: int = 16, trust_remote_code: bool 
 
 
 class ReferenceProcess:
-    """The reference made and kept in a `python -m distill.export.native reference` child: importing
+    """The reference made and kept in a `python -m distill.export.worker reference` child: importing
     torch and transformers and loading the model there run on another core while this process
     hashes and writes the GGUF files (in a thread they would take turns on the GIL). It sends
     the token ids first, so that a llama.cpp check can decode its own outputs while the model
@@ -153,7 +153,7 @@ class ReferenceProcess:
     in order; `release` frees its model until it is needed again."""
 
     def __init__(self, folder: Path, new_tokens: int, threads: int, trust_remote_code: bool, work: Path):
-        from .native import Child, absolute
+        from .child import Child, absolute
 
         work.mkdir(parents=True, exist_ok=True)
         self.folder, logits_path = folder, work / "held_out_logits.npy"
@@ -168,7 +168,7 @@ class ReferenceProcess:
     def _receive(self) -> dict:
         from distill.core.errors import UserError
 
-        from .native import NativeAbort
+        from .child import NativeAbort
         try:
             return self.child.receive()
         except NativeAbort as e:

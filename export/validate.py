@@ -16,7 +16,7 @@ import numpy as np
 from distill.backends.llamacpp import open_llama
 from distill.backends.logits import kl_and_top1, llama_logits, onnx_logits
 
-from .native import Child, NativeAbort, absolute
+from .child import Child, NativeAbort, absolute
 from .reference import Reference
 
 # Relative logit tolerance for calling a greedy divergence a tie, and the most KL (nats) a float

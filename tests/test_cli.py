@@ -33,17 +33,20 @@ def test_every_command_help_shows_an_example(command):
 
 def test_stage_flags_come_from_the_config_dataclass():
     from dataclasses import fields
-    from distill.core.stages import config_class
+    from distill.pipeline.stages import STAGES
     for stage in ["generate", "train", "export", "eval"]:
         result = runner.invoke(cli.app, [stage, "--help"], env={"COLUMNS": "250"})
-        for f in fields(config_class(stage)):
+        for f in fields(STAGES[stage].config):
             assert "--" + f.name.replace("_", "-") in result.output, (stage, f.name)
 
 
 def _fake_stage(monkeypatch, exc):
     def boom(cfg):
         raise exc
-    monkeypatch.setattr(cli, "run_function", lambda stage: boom)
+    from dataclasses import replace
+
+    from distill.pipeline.stages import STAGES
+    monkeypatch.setitem(STAGES, "export", replace(STAGES["export"], run=boom))
 
 
 @pytest.mark.parametrize("exc,code,prefix", [

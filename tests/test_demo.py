@@ -9,20 +9,22 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 ROWS = ["teacher", "student-sft", "student", "student-gguf-f16", "student-gguf-q8_0", "student-gguf-q4_k_m",
         "student-onnx-int4"]
 
 
 def _demo(out: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`distill demo` as a user runs it: from the folder that will hold the run, a relative --out."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "distill", "demo", *flags, "--quiet", "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO, env=env)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "distill", "demo", *flags, "--quiet", "--out", out.name],
+                          capture_output=True, text=True, cwd=out.parent, env=env)
 
 
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
-    if not (REPO / "data" / "models" / "demo-teacher" / "config.json").is_file():
+    from distill.data import asset
+    if not asset("models", "demo-teacher", "config.json").is_file():
         pytest.fail("data/models/demo-teacher is missing: rebuild it with python -m distill.demo.train_teacher")
     out = tmp_path / "demo"
     first = _demo(out, "--quick")

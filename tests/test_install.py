@@ -8,6 +8,7 @@ and every command runs with that environment's interpreter, from a temporary fol
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -21,10 +22,26 @@ from tests.conftest import REPO
 HOSTILE = "raise ImportError('the user\\'s own {name} was imported by distill')\n"
 
 
+def source_copy(target: Path) -> Path:
+    """The repository's tracked files (setuptools builds in the source's own build/ folder, whose
+    leftovers from an earlier build would end up in the wheel)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True)
+    names = listed.stdout.decode().split("\0") if listed.returncode == 0 else []
+    if not names:  # not a git checkout: everything but build outputs
+        shutil.copytree(REPO, target, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", ".git"))
+        return target
+    for name in filter(None, names):
+        if (REPO / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+    return target
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(REPO)],
+    source = source_copy(tmp_path_factory.mktemp("source") / "distill-edge")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(source)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (found,) = out.glob("distill_edge-*.whl")
@@ -66,7 +83,7 @@ def test_the_wheel_holds_one_package_with_its_assets(wheel):
         assert z.read(top_level).decode().split() == ["distill"]
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"distill"}, tops
-    for member in ("distill/export/native.py", "distill/eval/probe.py", "distill/core/demo_task.py",
+    for member in ("distill/export/worker.py", "distill/eval/probe.py", "distill/core/demo_task.py",
                    "distill/data/pipelines/demo.yaml", "distill/data/pipelines/demo-quick.yaml",
                    "distill/data/models/demo-teacher/model.safetensors",
                    "distill/data/models/demo-student-base/tokenizer.json", "distill/data/prompts/r1.txt",

@@ -44,7 +44,7 @@ from typing import Iterator
 from distill.core.chat import THINK_OPEN, open_think_block
 from distill.core.errors import UserError
 
-from . import Collector, Completion, Sampling
+from .types import Collector, Completion, Sampling
 from .llamacpp import open_llama
 
 MAX_SEQUENCES = 256   # llama.cpp's LLAMA_MAX_SEQ

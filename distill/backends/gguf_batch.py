@@ -22,7 +22,7 @@ import numpy as np
 
 from distill.core.errors import UserError
 
-from . import Completion, Sampling
+from .types import Completion, Sampling
 
 
 def padded_cells(window: int) -> int:

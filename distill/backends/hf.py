@@ -41,7 +41,7 @@ from typing import Iterator
 from distill.core.chat import render_messages, render_prompt
 from distill.core.errors import UserError
 
-from . import Collector, Completion, Sampling
+from .types import Collector, Completion, Sampling
 from .logits import eos_ids
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

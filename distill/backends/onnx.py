@@ -16,7 +16,7 @@ import numpy as np
 from distill.core.chat import render_messages, render_prompt
 from distill.core.errors import UserError, one_line
 
-from . import Completion, Sampling
+from .types import Completion, Sampling
 from .logits import eos_ids
 
 

@@ -32,9 +32,7 @@ Options of `load` (unknown ones are ignored, so callers can pass one set to ever
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import random
 import threading
 import time
 from typing import Iterator
@@ -42,14 +40,8 @@ from typing import Iterator
 from distill.core.chat import THINK_CLOSE, THINK_OPEN
 from distill.core.errors import UserError
 
-from . import Collector, Completion, Sampling
-
-MAX_WAIT_S = 60.0
-
-
-class StreamCutShort(Exception):
-    """The stream ended without a finish reason (the server dropped the connection)."""
-
+from .types import Collector, Completion, Sampling
+from .retry import RetriesExhausted, StreamCutShort, describe, with_retries
 
 def load(target: str, model: str | None = None, api_key_env: str | None = None,
          concurrency: int = 8, max_retries: int = 6, request_timeout: float = 600.0,
@@ -67,48 +59,6 @@ def load(target: str, model: str | None = None, api_key_env: str | None = None,
             raise UserError(f"api_key_env: the environment variable {api_key_env} is not set")
     return OpenAIBackend(target, model, api_key, max(1, concurrency), max(0, max_retries),
                          request_timeout, retry_wait, stream, dict(extra_body or {}))
-
-
-def _transport_errors() -> tuple[type, ...]:
-    """The HTTP library's transport errors (raised raw while a stream is read): `httpx2` for
-    openai >= 3, `httpx` before."""
-    errors = []
-    for name in ("httpx2", "httpx"):
-        try:
-            errors.append(__import__(name).TransportError)
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
-def _retryable(exc: BaseException) -> bool:
-    import openai
-
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    return isinstance(exc, (openai.APIConnectionError, openai.APIError, *_transport_errors(),
-                            asyncio.TimeoutError, StreamCutShort, json.JSONDecodeError))
-
-
-def _describe(exc: BaseException) -> str:
-    status = getattr(exc, "status_code", None)
-    text = " ".join(str(exc).split())[:200] or type(exc).__name__
-    return f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}"
-
-
-def backoff_s(attempt: int, base_s: float, hinted: float | None) -> float:
-    """Seconds to wait before retry `attempt`: exponential with jitter, at least what the server's
-    Retry-After asked for, at most MAX_WAIT_S."""
-    wait = min(MAX_WAIT_S, base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
-    return wait if hinted is None else min(MAX_WAIT_S, max(wait, hinted))
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    try:
-        return float(response.headers.get("retry-after"))
-    except (AttributeError, TypeError, ValueError):
-        return None
 
 
 def _reasoning_of(obj) -> str | None:
@@ -176,32 +126,26 @@ class OpenAIBackend:
     async def _with_retries(self, client, user_text: str, sampling: Sampling, seed: int) -> Completion:
         import openai
 
-        attempt, last = 0, ""
+        def counted():
+            self.retries += 1
         while True:
             sent_seed = self.send_seed
             try:
-                return await asyncio.wait_for(self._request(client, user_text, sampling, seed),
-                                              timeout=self.request_timeout)
+                return await with_retries(lambda: self._request(client, user_text, sampling, seed),
+                                          max_retries=self.max_retries, retry_wait=self.retry_wait,
+                                          timeout=self.request_timeout, on_retry=counted)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                raise UserError(f"openai:{self.base_url}: {_describe(e)} (check the URL, "
+                raise UserError(f"openai:{self.base_url}: {describe(e)} (check the URL, "
                                 "--model and the API key variable)") from None
             except openai.BadRequestError as e:
-                if sent_seed and "seed" in str(e).lower():
+                if sent_seed and "seed" in str(e).lower():  # a server that takes no seed: ask again without
                     self.send_seed = False
                     continue
-                return Completion("", "error", error=_describe(e))
-            except Exception as e:  # noqa: BLE001 - sorted into retryable or not below
-                if not _retryable(e):
-                    if isinstance(e, openai.APIStatusError):
-                        return Completion("", "error", error=_describe(e))
-                    raise
-                last, hinted = _describe(e), _retry_after(e)
-            if attempt >= self.max_retries:
-                return Completion("", "error", error=f"{last} (after {attempt} retries)")
-            wait = backoff_s(attempt, self.retry_wait, hinted)
-            attempt += 1
-            self.retries += 1
-            await asyncio.sleep(wait)
+                return Completion("", "error", error=describe(e))
+            except openai.APIStatusError as e:  # refused for good (another 4xx)
+                return Completion("", "error", error=describe(e))
+            except RetriesExhausted as e:
+                return Completion("", "error", error=str(e))
 
     def _request_args(self, user_text: str, sampling: Sampling, seed: int) -> dict:
         args = dict(model=self.model, messages=[{"role": "user", "content": user_text}],
@@ -297,10 +241,10 @@ class OpenAIBackend:
                         yield out
                     finish = choice.finish_reason or finish
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-            raise UserError(f"openai:{self.base_url}: {_describe(e)} (check the URL, the served model "
+            raise UserError(f"openai:{self.base_url}: {describe(e)} (check the URL, the served model "
                             "name and the API key variable)") from None
         except (openai.APIConnectionError, openai.APIStatusError) as e:
-            raise UserError(f"openai:{self.base_url}: {_describe(e)}") from None
+            raise UserError(f"openai:{self.base_url}: {describe(e)}") from None
         finally:
             client.close()
         last = time.perf_counter()

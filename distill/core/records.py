@@ -41,7 +41,10 @@ def hash_inputs(cfg: Any) -> dict[str, dict]:
             local = item.split(":", 1)[1] if item.split(":", 1)[0] in ("hf", "gguf", "onnx") else item
             path = Path(local)
             key = f"{name}:{item}" if isinstance(value, list) else name
-            if path.exists():
+            if item == "demo":  # the bundled demo task, whatever a folder of that name holds
+                from . import demo_task
+                hashes[key] = {"path": item, "sha256": sha256_path(demo_task.__file__)}
+            elif path.exists():
                 hashes[key] = {"path": item, "sha256": sha256_path(path)}
             else:
                 hashes[key] = {"path": item, "sha256": None}

@@ -1,18 +1,82 @@
-"""Read the traces to train on: the output folder of `distill generate` (its `traces/` dataset or
-its `samples.jsonl`, kept rows only), or any dataset or file with problem / reasoning / answer
-fields. Each trace becomes {problem, prompt, reasoning, answer}; `prompt` is the user turn exactly
-as the teacher saw it, rendered from the problem with the prompt template when the data lacks it."""
+"""The trace format: the one home of what `distill generate` writes and what `distill train`
+and `distill export` (its calibration texts) read.
+
+- Columns (`TRACE_COLUMNS`, `features`): one row per kept sample, saved as a `datasets` folder
+  (`OUT/traces`, `load_from_disk`). id (the sample id, as in samples.jsonl), prompt_id,
+  sample_index, problem (as given), prompt (the user message exactly as the teacher saw it, the
+  template applied), reasoning (the thinking, without the think tags), answer (the text after
+  `</think>`), extracted (the final answer pulled out of it), reference, teacher, prompt_tokens and
+  completion_tokens (the teacher's), pass_rate (of the problem's samples), and messages (the user
+  turn and the assistant turn `<think>\n{reasoning}\n</think>\n\n{answer}`).
+- Reading (`load_traces`): a generate folder (its traces/ dataset or samples.jsonl, kept rows
+  only), or any dataset or file with problem / reasoning / answer fields; `prompt` is rendered
+  from the problem with the prompt template when the data lacks it.
+- Encoding for training (`encode_traces`): the student's own chat template; only the assistant
+  turn is trained, with the special token that closes it (`<|im_end|>` for ChatML, `<|eot_id|>`
+  for Llama 3): a student that never learns to emit it never stops (open-r1 #492, #603). The
+  prompt and the completion are tokenized separately, as at inference time.
+- The held-out split (`split_heldout`): whole problems, so that a problem's traces stay on one
+  side."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.core.chat import load_prompt_template, user_message
-from distill.core.errors import UserError
-from distill.core.io import read_json, read_jsonl
-from distill.core.problems import load_hub, read_rows
+import numpy as np
+
+from .chat import THINK_CLOSE, assistant_message, load_prompt_template, require_chat_template, user_message
+from .errors import UserError
+from .io import atomic_dir, read_json, read_jsonl
+from .problems import load_hub, read_rows
+
+TRACE_COLUMNS = ("id", "prompt_id", "sample_index", "problem", "prompt", "reasoning", "answer",
+                 "extracted", "reference", "teacher", "prompt_tokens", "completion_tokens",
+                 "pass_rate")
+
+
+def features():
+    from datasets import Features, Value
+    strings = ("id", "prompt_id", "problem", "prompt", "reasoning", "answer", "extracted",
+               "reference", "teacher")
+    spec = {name: Value("string") for name in strings}
+    spec.update(sample_index=Value("int32"), prompt_tokens=Value("int32"),
+                completion_tokens=Value("int32"), pass_rate=Value("float32"),
+                messages=[{"role": Value("string"), "content": Value("string")}])
+    return Features({name: spec[name] for name in (*TRACE_COLUMNS, "messages")})
+
+
+def trace_row(row: dict) -> dict:
+    """A kept sample of samples.jsonl as a trace row."""
+    out = {name: row[name] for name in TRACE_COLUMNS}
+    out["messages"] = [{"role": "user", "content": row["prompt"]},
+                       {"role": "assistant", "content": assistant_message(row["reasoning"], row["answer"])}]
+    return out
+
+
+def write_traces(rows: list[dict], out_dir: Path) -> Path:
+    """The kept rows of `rows` as OUT/traces (atomically)."""
+    import datasets
+    from datasets import Dataset
+    kept = [trace_row(r) for r in rows if r["kept"]]
+    spec = features()
+    columns = {name: [row[name] for row in kept] for name in spec}
+    target = out_dir / "traces"
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with atomic_dir(target) as tmp:
+            # one shard even when empty: zero shards is a folder load_from_disk cannot read
+            Dataset.from_dict(columns, features=spec).save_to_disk(str(tmp), num_shards=1)
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+    return target
+
+
+# ---- reading ------------------------------------------------------------------------------------
 
 PROBLEM_FIELDS = ("problem", "question")
 REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
@@ -126,3 +190,115 @@ def load_traces(src: str, prompt_template: str) -> Traces:
         summary = read_json(generate_dir / "summary.json")
     return Traces(rows=rows, source=source, teacher=_teacher_name(raw, generate_dir), rows_read=len(raw),
                   not_kept=not_kept, generate_summary=summary if isinstance(summary, dict) else {})
+
+
+# ---- encoding for training ----------------------------------------------------------------------
+
+IGNORE = -100
+_PROBE = "Distill-edge probe answer 7"
+
+
+@dataclass(frozen=True)
+class EndOfTurn:
+    text: str
+    token_id: int
+
+
+def end_of_turn(tokenizer, where: str) -> EndOfTurn:
+    """The special token the chat template writes right after an assistant message."""
+    require_chat_template(tokenizer, where)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}], tokenize=False)
+    at = rendered.rfind(_PROBE)
+    if at < 0:
+        raise UserError(f"{where}: the chat template does not render the assistant message")
+    tail = rendered[at + len(_PROBE):]
+    specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    found = sorted((tail.find(tok), -len(tok), tok) for tok in specials if tok and tok in tail)
+    if not found:
+        raise UserError(f"{where}: the chat template closes assistant turns with {tail!r}, which holds no "
+                        "special token; the model could not learn where its answer ends")
+    text = found[0][2]
+    return EndOfTurn(text=text, token_id=tokenizer.convert_tokens_to_ids(text))
+
+
+def split_turns(tokenizer, prompt: str, reasoning: str, answer: str, eot: EndOfTurn,
+                where: str) -> tuple[str, str]:
+    """(prompt text with the assistant turn opened, completion text up to and including the
+    end-of-turn token)."""
+    user = [{"role": "user", "content": prompt}]
+    reply = assistant_message(reasoning, answer)
+    prompt_text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": reply}], tokenize=False)
+    if not full.startswith(prompt_text):
+        raise UserError(f"{where}: the chat template renders a conversation that does not begin with "
+                        "its own generation prompt; cannot tell the prompt from the answer")
+    completion = full[len(prompt_text):]
+    anchor = answer.strip() or THINK_CLOSE  # the last text of the assistant message
+    answer_at = completion.rfind(anchor)
+    if reasoning.strip() not in completion or answer_at < 0:
+        raise UserError(f"{where}: the chat template drops the reasoning or the answer from the assistant "
+                        "turn (as DeepSeek-R1-Distill templates strip the think block); use a template "
+                        "that keeps `<think>...</think>` in the last assistant message")
+    end = completion.find(eot.text, answer_at + len(anchor))
+    if end < 0:
+        raise UserError(f"{where}: the chat template does not close the assistant turn with {eot.text}")
+    return prompt_text, completion[:end + len(eot.text)]
+
+
+def encode_traces(tokenizer, rows: list[dict], eot: EndOfTurn, max_seq_len: int,
+                  where: str) -> tuple[list[dict], int]:
+    """{input_ids (int32 array), prompt_len, problem} for each trace, in order; traces longer than
+    `max_seq_len` are dropped (cutting them would cut the answer off). Returns (samples, number
+    dropped as too long). Labels are derived per batch (`labels_of`), so a large trace set costs
+    four bytes a token in memory."""
+    prompts, completions = [], []
+    for row in rows:
+        p, c = split_turns(tokenizer, row["prompt"], row["reasoning"], row["answer"], eot, where)
+        prompts.append(p)
+        completions.append(c)
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    samples, too_long = [], 0
+    for row, p_ids, c_ids in zip(rows, prompt_ids, completion_ids):
+        if not c_ids or c_ids[-1] != eot.token_id:
+            raise UserError(f"{where}: the completion does not tokenize to end with {eot.text} "
+                            f"(id {eot.token_id}); is it a special token of this tokenizer?")
+        if len(p_ids) + len(c_ids) > max_seq_len:
+            too_long += 1
+            continue
+        samples.append({"input_ids": np.asarray(list(p_ids) + list(c_ids), dtype=np.int32),
+                        "prompt_len": len(p_ids), "problem": row["problem"]})
+    return samples, too_long
+
+
+def labels_of(sample: dict) -> np.ndarray:
+    """The token ids with the prompt replaced by IGNORE: what the loss trains on."""
+    labels = sample["input_ids"].astype(np.int64)
+    labels[: sample["prompt_len"]] = IGNORE
+    return labels
+
+
+def targets_of(sample: dict) -> np.ndarray:
+    """The next-token target of every position (IGNORE after the last token)."""
+    return np.append(labels_of(sample)[1:], IGNORE)
+
+
+def split_heldout(samples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole problems (the traces of one problem stay on one side), about `fraction`
+    of the traces, never all of them."""
+    per_problem = Counter(s["problem"] for s in samples)
+    problems = sorted(per_problem)
+    if fraction <= 0 or len(problems) < 2:
+        return samples, []
+    random.Random(seed).shuffle(problems)
+    wanted = max(1, round(fraction * len(samples)))
+    held, count = set(), 0
+    for problem in problems[:-1]:
+        if count >= wanted:
+            break
+        held.add(problem)
+        count += per_problem[problem]
+    train = [s for s in samples if s["problem"] not in held]
+    heldout = [s for s in samples if s["problem"] in held]
+    return train, heldout

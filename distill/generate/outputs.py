@@ -9,15 +9,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from distill.core.chat import assistant_message
-from distill.core.io import atomic_dir, atomic_path, write_json
+from distill.core.io import atomic_path, write_json
+from distill.core.traces import write_traces
 
 from .filters import REASONS, Deduplicator, FilterSettings, decide_prompt
-
-TRACE_COLUMNS = ("id", "prompt_id", "sample_index", "problem", "prompt", "reasoning", "answer",
-                 "extracted", "reference", "teacher", "prompt_tokens", "completion_tokens",
-                 "pass_rate")
-
 
 def decide_all(rows: list[dict], settings: FilterSettings) -> list[dict]:
     """Re-decide every row in canonical order (prompts in first-seen order, samples by index), so
@@ -48,43 +43,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     return path
-
-
-def _features():
-    from datasets import Features, Value
-    strings = ("id", "prompt_id", "problem", "prompt", "reasoning", "answer", "extracted",
-               "reference", "teacher")
-    spec = {name: Value("string") for name in strings}
-    spec.update(sample_index=Value("int32"), prompt_tokens=Value("int32"),
-                completion_tokens=Value("int32"), pass_rate=Value("float32"),
-                messages=[{"role": Value("string"), "content": Value("string")}])
-    return Features({name: spec[name] for name in (*TRACE_COLUMNS, "messages")})
-
-
-def trace_row(row: dict) -> dict:
-    out = {name: row[name] for name in TRACE_COLUMNS}
-    out["messages"] = [{"role": "user", "content": row["prompt"]},
-                       {"role": "assistant", "content": assistant_message(row["reasoning"], row["answer"])}]
-    return out
-
-
-def write_traces(rows: list[dict], out_dir: Path) -> Path:
-    import datasets
-    from datasets import Dataset
-    kept = [trace_row(r) for r in rows if r["kept"]]
-    features = _features()
-    columns = {name: [row[name] for row in kept] for name in features}
-    target = out_dir / "traces"
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        with atomic_dir(target) as tmp:
-            # one shard even when empty: zero shards is a folder load_from_disk cannot read
-            Dataset.from_dict(columns, features=features).save_to_disk(str(tmp), num_shards=1)
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-    return target
 
 
 def prompt_stats(rows: list[dict]) -> list[dict]:

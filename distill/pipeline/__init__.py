@@ -23,7 +23,8 @@ from distill.core.errors import UserError
 from distill.core.io import read_json
 from distill.core.progress import info
 from distill.core.records import is_up_to_date
-from distill.core.stages import STAGES, config_class, run_function
+
+from .stages import STAGES
 
 
 @dataclass
@@ -47,7 +48,7 @@ def _stage_of(key: str) -> str | None:
 
 def _folder(run_dir: Path, key: str) -> Path:
     stage = _stage_of(key)
-    return run_dir / (STAGES[stage]["dir"] if key == stage else f"{STAGES[stage]['dir']}-{key.split('.', 1)[1]}")
+    return run_dir / (STAGES[stage].folder if key == stage else f"{STAGES[stage].folder}-{key.split('.', 1)[1]}")
 
 
 def _substitute(value: Any, names: dict[str, str]) -> Any:
@@ -63,7 +64,7 @@ def _substitute(value: Any, names: dict[str, str]) -> Any:
 
 
 def _artifact_models(run_dir: Path) -> list[tuple[str, str]]:
-    manifest = run_dir / STAGES["export"]["dir"] / "manifest.json"
+    manifest = run_dir / STAGES["export"].folder / "manifest.json"
     if not manifest.is_file():
         raise UserError(f"{manifest}: eval asks for @artifacts but the export stage wrote no manifest")
     rows = []
@@ -108,12 +109,12 @@ def _stage_values(key: str, section: dict, run_dir: Path, trains: list[str]) -> 
     values = dict(section)
     values.setdefault("out", str(_folder(run_dir, key)))
     if stage == "train":
-        values.setdefault("traces", str(run_dir / STAGES["generate"]["dir"]))
+        values.setdefault("traces", str(run_dir / STAGES["generate"].folder))
         earlier = trains[:trains.index(key)]
         if earlier:  # SFT, then on-policy from the SFT model
             values.setdefault("student", str(_folder(run_dir, earlier[-1])))
     if stage == "export":
-        values.setdefault("model", str(_folder(run_dir, trains[-1]) if trains else run_dir / STAGES["train"]["dir"]))
+        values.setdefault("model", str(_folder(run_dir, trains[-1]) if trains else run_dir / STAGES["train"].folder))
         values.setdefault("overwrite", True)
     if stage == "eval":
         values = _expand_eval_models(values, run_dir, trains)
@@ -146,7 +147,7 @@ def run(config: PipelineConfig) -> dict:
         if not isinstance(section, dict):
             raise UserError(f"{config.pipeline}: stage '{key}' must be a mapping of config fields")
         values = _stage_values(key, section, run_dir, trains)
-        cls = config_class(stage)
+        cls = STAGES[stage].config
         if config.seed is not None and "seed" in {f.name for f in dataclasses.fields(cls)}:
             values["seed"] = config.seed
         cfg = build_config(cls, values, source=f"{config.pipeline}: {key}")
@@ -155,6 +156,6 @@ def run(config: PipelineConfig) -> dict:
             results[key] = {"status": "skipped", "out": cfg.out}
             continue
         info(f"[bold]▶ {key}[/] → {cfg.out}")
-        result = run_function(stage)(cfg)
+        result = STAGES[stage].run(cfg)
         results[key] = {"status": "ran", "out": cfg.out, "result": result}
     return results

@@ -7,13 +7,10 @@ over trained tokens across gradient accumulation and devices."""
 
 from __future__ import annotations
 
-import random
-from collections import Counter
-
 import numpy as np
 import torch
 
-from .chat_format import IGNORE, labels_of, targets_of
+from distill.core.traces import IGNORE, labels_of, targets_of
 
 
 class TraceDataset(torch.utils.data.Dataset):
@@ -25,26 +22,6 @@ class TraceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.samples[i]
-
-
-def split_heldout(samples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out whole problems (the traces of one problem stay on one side), about `fraction`
-    of the traces, never all of them."""
-    per_problem = Counter(s["problem"] for s in samples)
-    problems = sorted(per_problem)
-    if fraction <= 0 or len(problems) < 2:
-        return samples, []
-    random.Random(seed).shuffle(problems)
-    wanted = max(1, round(fraction * len(samples)))
-    held, count = set(), 0
-    for problem in problems[:-1]:
-        if count >= wanted:
-            break
-        held.add(problem)
-        count += per_problem[problem]
-    train = [s for s in samples if s["problem"] not in held]
-    heldout = [s for s in samples if s["problem"] in held]
-    return train, heldout
 
 
 class PaddedBatches:

@@ -13,7 +13,7 @@ import torch
 from distill.core.errors import UserError
 from distill.core.io import write_json
 
-from .chat_format import EndOfTurn
+from distill.core.traces import EndOfTurn
 
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 

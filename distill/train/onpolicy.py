@@ -25,42 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from distill.backends import Sampling
-from distill.core.chat import render_prompt
 from distill.core.errors import UserError
 
 from .batching import count_tokens
-from .chat_format import IGNORE
+from distill.core.traces import IGNORE
 from .head import hidden_and_head
 from .losses import chunk_rows
 from .trainer import DistillTrainer, loss_sums
 
 REVERSE_KL = (0.0, 1.0, "reverse_kl")  # kd_alpha 0 (no CE on the student's own samples), T = 1
-
-
-def prompt_items(config, traces, samples: list[dict]) -> list[dict]:
-    """The prompts to sample on, one per distinct user turn: the traces' problems (each with its
-    first encoded trace, for the optional SFT term) or, with --prompts, generate's problem
-    sources rendered with the prompt template."""
-    if config.prompts:
-        from distill.core.chat import load_prompt_template, user_message
-        from distill.core.problems import load_problems
-        template = load_prompt_template(config.prompt_template)
-        problems = load_problems(config.prompts, require_answer=False, demo_split="train")
-        items = {user_message(p["question"], template): {"problem": p["question"], "trace": None} for p in problems}
-    else:
-        first_trace = {}
-        for row, sample in zip(traces.rows, samples):
-            first_trace.setdefault(row["prompt"], (row["problem"], sample))
-        items = {text: {"problem": problem, "trace": sample} for text, (problem, sample) in first_trace.items()}
-    return [{"user_text": text, **value} for text, value in items.items()]
-
-
-def encode_prompts(tokenizer, items: list[dict], where: str) -> None:
-    """The rendered prompt (assistant turn opened with `<think>\\n`) and its ids, tokenized as the
-    hf backend tokenizes a prompt before generating."""
-    for item in items:
-        item["prompt_text"] = render_prompt(tokenizer, item["user_text"], where=where)
-        item["prompt_ids"] = tokenizer(item["prompt_text"], add_special_tokens=False)["input_ids"]
 
 
 class PromptBatches:
@@ -202,34 +175,3 @@ class OnPolicyTrainer(DistillTrainer):
             logs["reverse_kl"] = round(self.rkl["sum"] / self.rkl["tokens"], 5)
             self.rkl = {"sum": 0.0, "tokens": 0}
         super().log(logs, *args, **kwargs)
-
-
-def local_teacher_path(spec: str) -> str:
-    """`hf:PATH_OR_ID` or a bare folder or hub id: what transformers loads."""
-    return spec[3:] if spec.startswith("hf:") else spec
-
-
-def served_teacher(config, tokenizer):
-    """The openai: teacher, checked (same tokenizer, log-probs of given tokens) before anything
-    heavy loads; None for a local teacher."""
-    if not config.teacher.startswith("openai:"):
-        return None
-    from .served_teacher import connect
-    return connect(config, tokenizer)
-
-
-def on_policy_sampling(config) -> Sampling:
-    return Sampling(n=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
-                    temperature=config.temperature, top_p=config.top_p, seed=config.seed)
-
-
-def on_policy_summary(config, trainer) -> dict:
-    served = trainer.served
-    return {"teacher": config.teacher if served is None else f"{config.teacher}#{config.model}",
-            "teacher_scores": "full next-token distribution" if served is None else "sampled tokens (log-probs from the server)",
-            "server_api": None if served is None else served.api,
-            "samples_per_prompt": config.samples_per_prompt, "temperature": config.temperature,
-            "top_p": config.top_p, "max_new_tokens": config.max_new_tokens, "sft_weight": config.sft_weight,
-            "sequences_scored": trainer.sequences if served is not None else None,
-            "sequences_refused": trainer.refused if served is not None else None,
-            "request_retries": served.retries if served is not None else None}

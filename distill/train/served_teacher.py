@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from distill.backends.retry import RetriesExhausted, describe, retryable, with_retries
 from distill.core.chat import render_prompt
 from distill.core.errors import UserError
 
@@ -81,24 +82,16 @@ class ServedTeacher:
     async def _retried(self, call):
         import openai
 
-        from distill.backends.openai_api import _describe, _retry_after, _retryable, backoff_s
-        attempt = 0
-        while True:
-            try:
-                return await asyncio.wait_for(call(), timeout=self.request_timeout)
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                raise UserError(f"teacher: {self.where}: {_describe(e)} (check --api-key-env)") from None
-            except Exception as e:  # noqa: BLE001 - sorted into retryable or not
-                if not _retryable(e):
-                    raise
-                last, hinted = _describe(e), _retry_after(e)
-            if attempt >= self.max_retries:
-                raise UserError(f"teacher: {self.where}: scoring failed after {attempt} retries ({last}); "
-                                "rerun the same command to resume from the last checkpoint")
-            wait = backoff_s(attempt, self.retry_wait, hinted)
-            attempt += 1
+        def counted():
             self.retries += 1
-            await asyncio.sleep(wait)
+        try:
+            return await with_retries(call, max_retries=self.max_retries, retry_wait=self.retry_wait,
+                                      timeout=self.request_timeout, on_retry=counted)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise UserError(f"teacher: {self.where}: {describe(e)} (check --api-key-env)") from None
+        except RetriesExhausted as e:
+            raise UserError(f"teacher: {self.where}: scoring failed after {e.attempts} retries ({e.last}); "
+                            "rerun the same command to resume from the last checkpoint") from None
 
     async def _complete(self, client, prompt, logprobs: int = 0) -> dict:
         """A one-token completion of `prompt` (ids or text) with the prompt's log-probs."""
@@ -140,8 +133,7 @@ class ServedTeacher:
         try:
             choice, server_ids = self._run(probe_server)
         except openai.APIStatusError as e:
-            from distill.backends.openai_api import _describe
-            raise UserError(f"teacher: {self.where}: the server refuses to score a given prompt ({_describe(e)}); "
+            raise UserError(f"teacher: {self.where}: the server refuses to score a given prompt ({describe(e)}); "
                             f"{NEEDS}") from None
         except openai.APIConnectionError as e:
             raise UserError(f"teacher: {self.where}: cannot connect ({type(e).__name__}); is the server running?") from None
@@ -169,12 +161,11 @@ class ServedTeacher:
         fails only now and then, so a 5xx or a stall is tried three times before it counts."""
         import openai
 
-        from distill.backends.openai_api import _retryable
         for attempt in range(3):
             try:
                 return await asyncio.wait_for(self._complete(client, ids), timeout=self.request_timeout)
             except Exception as e:  # noqa: BLE001 - a rejection, or a fault worth another try
-                if isinstance(e, openai.APIStatusError) and e.status_code < 500 or attempt == 2 or not _retryable(e):
+                if isinstance(e, openai.APIStatusError) and e.status_code < 500 or attempt == 2 or not retryable(e):
                     raise
                 self.retries += 1
                 await asyncio.sleep(self.retry_wait * 2 ** attempt)

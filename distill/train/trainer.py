@@ -17,7 +17,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from distill.core import progress
 
 from .batching import count_tokens
-from .chat_format import IGNORE
+from distill.core.traces import IGNORE
 from .head import loss_from_model, hidden_and_head
 from .losses import LossSpec
 

@@ -10,7 +10,7 @@ import pytest
 
 from distill.data import DATA_DIR, asset
 from distill.core.config import build_config, load_yaml
-from distill.core.stages import STAGES, config_class
+from distill.pipeline.stages import STAGES
 from distill.core.io import write_json
 from distill.pipeline import _expand_eval_models, _stage_of, _stage_values, _substitute, pipeline_sections
 
@@ -30,7 +30,7 @@ def stage_configs(path: Path, run_dir: Path) -> dict:
         section = _substitute(spec[key] or {}, names)
         # eval's @artifacts reads the export manifest, which does not exist yet: checked apart
         values = section if key == "eval" else _stage_values(key, section, run_dir, trains)
-        configs[key] = build_config(config_class(_stage_of(key)), values, source=f"{path.name}: {key}")
+        configs[key] = build_config(STAGES[_stage_of(key)].config, values, source=f"{path.name}: {key}")
     return configs
 
 
@@ -73,7 +73,7 @@ def test_demo_eval_rows_are_the_teacher_the_student_and_each_artifact(name, tmp_
     # The export stage's manifest for the formats the demo asks for.
     artifacts = [{"path": f"demo-student-{q}.gguf", "format": "gguf", "quant": q} for q in ("f16", "q8_0", "q4_k_m")]
     artifacts.append({"path": "demo-student-onnx-int4", "format": "onnx", "quant": "int4"})
-    write_json(tmp_path / STAGES["export"]["dir"] / "manifest.json", {"artifacts": artifacts})
+    write_json(tmp_path / STAGES["export"].folder / "manifest.json", {"artifacts": artifacts})
     section = _substitute(load_yaml(asset("pipelines", name))["eval"], {"run": str(tmp_path), "data": str(DATA_DIR)})
     expanded = _expand_eval_models(section, tmp_path, ["train.sft", "train"])
     assert expanded["label"] == DEMO_ROWS

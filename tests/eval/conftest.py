@@ -51,7 +51,7 @@ def exported(stable_model, tmp_path_factory) -> dict[str, Path]:
     """{"gguf": the f16 file, "onnx": the fp32 folder}, written by `distill export`."""
     from distill.core.config import build_config
     from distill.core.io import read_json
-    from distill.export import run
+    from distill.export.stage import run
     from distill.export.config import ExportConfig
 
     out = tmp_path_factory.mktemp("eval-export") / "export"

@@ -66,7 +66,7 @@ def test_heldout_text_from_a_file_or_the_benchmark(tmp_path):
 @pytest.mark.slow
 def test_a_real_model_on_real_gsm8k_problems_with_budget_forcing(gsm8k_train, tmp_path):
     from distill.core.config import build_config
-    from distill.eval import run
+    from distill.eval.stage import run
     from distill.eval.config import EvalConfig
 
     gguf = smollm2_gguf()

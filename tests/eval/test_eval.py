@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from distill import cli
 from distill.core.config import build_config
 from distill.core.io import read_json, read_jsonl
-from distill.eval import run
+from distill.eval.stage import run
 from distill.eval.config import EvalConfig
 from distill.eval.report import RESULT_KEYS
 from tests.distill.generate.servers import llama_server

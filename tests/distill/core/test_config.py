@@ -89,9 +89,9 @@ def test_secrets_are_left_out_of_the_resolved_config():
 
 
 def test_every_stage_config_builds_from_defaults():
-    from distill.core.stages import STAGES, config_class
+    from distill.pipeline.stages import STAGES
     for stage in STAGES:
-        cls = config_class(stage)
+        cls = STAGES[stage].config
         assert cls.__name__.endswith("Config")
         for f in cls.__dataclass_fields__.values():
             assert f.metadata.get("help"), f"{stage}.{f.name} has no help text"

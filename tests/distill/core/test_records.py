@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.core import stages
+from distill.pipeline import stages
 from distill.core.config import option
 from distill.core.errors import UserError
 from distill.core.io import write_text
@@ -49,8 +49,8 @@ def use_run(cfg: UseConfig) -> dict:
 
 @pytest.fixture
 def fake_stages(monkeypatch):
-    monkeypatch.setitem(stages.STAGES, "generate", {"config": f"{__name__}:MakeConfig", "run": f"{__name__}:make_run", "dir": "traces"})
-    monkeypatch.setitem(stages.STAGES, "train", {"config": f"{__name__}:UseConfig", "run": f"{__name__}:use_run", "dir": "student"})
+    monkeypatch.setitem(stages.STAGES, "generate", stages.Stage(MakeConfig, make_run, "traces"))
+    monkeypatch.setitem(stages.STAGES, "train", stages.Stage(UseConfig, use_run, "student"))
     CALLS.clear()
 
 
@@ -118,3 +118,17 @@ def test_pipeline_errors_name_the_stage(tmp_path, fake_stages):
     pipeline.write_text("distil: {}\n")
     with pytest.raises(UserError, match="unknown stage 'distil'"):
         run(PipelineConfig(str(pipeline), str(tmp_path / "r")))
+
+
+def test_the_demo_source_is_hashed_as_the_bundled_task_not_a_folder_named_demo(tmp_path, monkeypatch):
+    """`--prompts demo` means the bundled task even where the working folder holds a `demo/`
+    (a demo run directory): the record must not change when that folder appears."""
+    from distill.core.records import hash_inputs
+    from distill.generate.config import GenerateConfig
+
+    monkeypatch.chdir(tmp_path)
+    before = hash_inputs(GenerateConfig(teacher="hf:x", prompts="demo"))
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "anything.txt").write_text("run output")
+    assert hash_inputs(GenerateConfig(teacher="hf:x", prompts="demo")) == before
+    assert before["prompts"]["sha256"]

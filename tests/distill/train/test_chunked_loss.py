@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from distill.core.errors import UserError
 from distill.train import losses
-from distill.train.chat_format import IGNORE
+from distill.core.traces import IGNORE
 from distill.train.losses import cross_entropy_sum, distillation_sum
 from distill.train.trainer import loss_sums
 

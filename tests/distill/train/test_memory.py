@@ -11,7 +11,8 @@ import torch
 from distill.core.config import build_config
 from distill.core.errors import UserError
 from distill.train import estimate as est
-from distill.train import models, run
+from distill.train import models
+from distill.train.stage import run
 from distill.train.config import TrainConfig
 
 from .helpers import trace_rows, write_generate_folder
@@ -47,7 +48,7 @@ def test_the_estimate_grows_as_it_should():
 def test_a_gpu_too_small_is_refused_with_the_settings_to_change(tiny_model, monkeypatch):
     from transformers import AutoConfig
 
-    from distill.train import _say_what_fits
+    from distill.train.setup import Device, TrainData, say_what_fits
 
     class Props:
         total_memory = 24 * est.GB
@@ -57,10 +58,14 @@ def test_a_gpu_too_small_is_refused_with_the_settings_to_change(tiny_model, monk
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a 24 GB GPU")
     big = AutoConfig.for_model("qwen2", **est.KNOWN["qwen2.5-7b"])
     config = TrainConfig(student="x", max_seq_len=16384, batch_size=4)
+    device = Device(gpu=True, bf16=True, checkpointing=True, attention="sdpa", world=1)
+
+    def data(model_config):
+        return TrainData(None, None, None, model_config, None, None, [], [], 0, "")
     with pytest.raises(UserError, match=r"memory: this run needs about .* GB per GPU .* has 24.0 GB; change: --lora"):
-        _say_what_fits(config, big, None, True, True, True, 1, True)
+        say_what_fits(config, data(big), device, True)
     small = AutoConfig.from_pretrained(tiny_model("qwen2"))
-    assert _say_what_fits(config, small, None, True, True, True, 1, True)["total"] < 24 * est.GB
+    assert say_what_fits(config, data(small), device, True)["total"] < 24 * est.GB
 
 
 def test_lora_run_records_peak_memory_and_merges_without_a_second_copy(tiny_model, tmp_path, monkeypatch):

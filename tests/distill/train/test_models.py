@@ -43,7 +43,7 @@ def test_a_folder_that_is_not_a_causal_lm_is_refused(tmp_path):
 def test_the_end_of_turn_token_becomes_the_eos_and_old_stops_are_kept(tmp_path):
     import json
 
-    from distill.train.chat_format import end_of_turn
+    from distill.core.traces import end_of_turn
     from distill.train.models import finish_model_folder
 
     from .helpers import tokenizer_folder

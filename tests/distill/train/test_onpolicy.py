@@ -26,7 +26,7 @@ from distill import cli
 from distill.core.chat import render_prompt
 from distill.core.config import build_config
 from distill.core.errors import UserError
-from distill.train import run
+from distill.train.stage import run
 from distill.train.config import TrainConfig
 from distill.train.onpolicy import REVERSE_KL, sampled_token_logprobs
 from distill.train.served_teacher import ServedTeacher

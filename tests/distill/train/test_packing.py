@@ -7,8 +7,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.train import attention
 from distill.train.attention import PACKED_ATTENTION
-from distill.train.batching import PackedBatches, PaddedBatches, count_tokens, split_heldout
-from distill.train.chat_format import encode_traces, end_of_turn, targets_of
+from distill.core.traces import split_heldout
+from distill.train.batching import PackedBatches, PaddedBatches, count_tokens
+from distill.core.traces import encode_traces, end_of_turn, targets_of
 from distill.train.trainer import loss_sums
 
 from .helpers import PROBLEMS

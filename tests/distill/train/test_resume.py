@@ -14,8 +14,8 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from distill import cli
-from distill.train.chat_format import encode_traces, end_of_turn
-from distill.train.traces import load_traces
+from distill.core.traces import encode_traces, end_of_turn
+from distill.core.traces import load_traces
 
 from .helpers import trace_rows, write_jsonl
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from distill import cli
 from distill.core.config import build_config
 from distill.core.records import is_up_to_date
-from distill.train import run
+from distill.train.stage import run
 from distill.train.config import TrainConfig
 
 from .helpers import trace_rows, without_chat_template, write_generate_folder, write_jsonl

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from distill.core.errors import UserError
-from distill.train.traces import load_traces
+from distill.core.traces import load_traces
 
-from .helpers import trace_rows, write_generate_folder, write_jsonl
+from tests.distill.train.helpers import trace_rows, write_generate_folder, write_jsonl
 
 
 def _dropped(n):

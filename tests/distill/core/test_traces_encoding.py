@@ -6,9 +6,9 @@ from transformers import AutoTokenizer
 
 from distill.core.chat import render_prompt
 from distill.core.errors import UserError
-from distill.train.chat_format import IGNORE, encode_traces, end_of_turn, labels_of, targets_of
+from distill.core.traces import IGNORE, encode_traces, end_of_turn, labels_of, targets_of
 
-from .helpers import LLAMA3_SYSTEM, QWEN25_SYSTEM, tokenizer_folder
+from tests.distill.train.helpers import LLAMA3_SYSTEM, QWEN25_SYSTEM, tokenizer_folder
 
 USER = "Ava has 3 apples. Then Ava gets 4 more. How many apples does Ava have now?\nPlease reason step by step."
 REASONING = "3 + 4 = 7\nSo Ava has 7 apples."
