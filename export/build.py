@@ -9,6 +9,8 @@ from typing import Optional
 from distill.core.progress import info
 
 from .config import GGUF_FLOAT_TYPES, NEEDS_IMATRIX, ExportConfig
+from .fit import fit_gguf
+from .fit_types import FitTarget
 from .gguf_writer import write_gguf
 from .onnx_export import build_onnx
 from .plan import needs_base_f16, split_threads
@@ -22,12 +24,14 @@ Artifact = tuple[Path, str, str]  # (path, format, quant)
 
 def build_ggufs(config: ExportConfig, folder: Path, hf_config: dict, facts: ModelFacts,
                 gguf_types: list[str], build: Path, work: Path, threads: int,
-                imatrix: Optional[Path] = None) -> tuple[list[Artifact], dict, Optional[Path]]:
+                imatrix: Optional[Path] = None, overrides: Optional[list] = None,
+                base_needed: bool = False) -> tuple[list[Artifact], dict, Optional[Path]]:
     """The GGUF files, the vocabulary facts, and the f16 file kept aside for quantizing when f16
-    itself was not asked for. With `imatrix`, every quantized file is calibrated by it."""
+    itself was not asked for (or `base_needed`: the fit search quantizes it too). With `imatrix`,
+    every quantized file is calibrated by it; `overrides` are --tensor-type's."""
     artifacts: list[Artifact] = []
     vocab: dict = {}
-    base_f16 = work / "base-f16.gguf" if needs_base_f16(gguf_types) and "f16" not in gguf_types else None
+    base_f16 = work / "base-f16.gguf" if (needs_base_f16(gguf_types) or base_needed) and "f16" not in gguf_types else None
     for ftype in [t for t in gguf_types if t in GGUF_FLOAT_TYPES]:
         path = build / f"{config.name}-{ftype}.gguf"
         info(f"Writing {path.name}")
@@ -42,13 +46,25 @@ def build_ggufs(config: ExportConfig, folder: Path, hf_config: dict, facts: Mode
     for quant in [t for t in gguf_types if t not in GGUF_FLOAT_TYPES]:
         path = build / f"{config.name}-{quant}.gguf"
         info(f"Quantizing {path.name} with llama.cpp" + (" and the importance matrix" if imatrix else ""))
-        quantize(source, path, quant, threads, work / "quantize.log", imatrix)
+        quantize(source, path, quant, threads, work / "quantize.log", imatrix, overrides)
         artifacts.append((path, "gguf", quant))
     return artifacts, vocab, base_f16
 
 
+def build_fit(config: ExportConfig, target: FitTarget, build: Path, work: Path, base_f16: Optional[Path],
+              threads: int, imatrix: Optional[Path]) -> tuple[Artifact, list[Artifact], dict]:
+    """<name>-fit.gguf (export/fit.py), the neighbouring uniform files it is measured against (in
+    the work folder), and what the search found."""
+    source = base_f16 or build / f"{config.name}-f16.gguf"
+    path = build / f"{config.name}-fit.gguf"
+    info(f"Fitting {path.name} into {target.budget:,} bytes ({target.reason})")
+    result = fit_gguf(source, path, target, imatrix, threads, work)
+    neighbours = [(p, "gguf", preset) for preset, p in result.neighbours.items()]
+    return (path, "gguf", "fit"), neighbours, result.info
+
+
 def build_uncalibrated(config: ExportConfig, gguf_types: list[str], build: Path, work: Path,
-                       base_f16: Optional[Path], threads: int) -> list[Artifact]:
+                       base_f16: Optional[Path], threads: int, overrides: Optional[list] = None) -> list[Artifact]:
     """For --imatrix-compare: each quantized type again without the matrix (where llama.cpp
     allows that), kept out of the export and only measured."""
     source = base_f16 or build / f"{config.name}-f16.gguf"
@@ -56,7 +72,7 @@ def build_uncalibrated(config: ExportConfig, gguf_types: list[str], build: Path,
     for quant in [t for t in gguf_types if t not in GGUF_FLOAT_TYPES and t not in NEEDS_IMATRIX]:
         path = work / f"uncalibrated-{quant}.gguf"
         info(f"Quantizing {quant} without the importance matrix, for comparison")
-        quantize(source, path, quant, threads, work / "quantize.log")
+        quantize(source, path, quant, threads, work / "quantize.log", None, overrides)
         artifacts.append((path, "gguf", quant))
     return artifacts
 
@@ -68,7 +84,7 @@ def build_onnx_folders(config: ExportConfig, folder: Path, precisions: list[str]
         path = build / f"{config.name}-onnx-{precision}"
         info(f"Building {path.name} with onnxruntime-genai's model builder")
         build_onnx(folder, path, precision, work, work / f"onnx-{precision}.log", context,
-                   config.trust_remote_code)
+                   config.trust_remote_code, config.onnx_block_size, config.onnx_accuracy_level)
         artifacts.append((path, "onnx", precision))
     return artifacts
 

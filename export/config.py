@@ -21,7 +21,12 @@ GGUF_QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_
 # tensor_requires_imatrix, and llama-quantize's own refusal of the iq2, iq1 and q2_k_s files).
 NEEDS_IMATRIX = ("iq3_xxs", "q2_k_s", "iq2_m", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
 GGUF_TYPES = GGUF_FLOAT_TYPES + GGUF_QUANT_TYPES
-ONNX_PRECISIONS = ("fp32", "int4")
+# int4-int8head: int4 matrices with the output head (and a tied embedding) at 8 bits
+ONNX_PRECISIONS = ("fp32", "int4", "int4-int8head")
+# onnxruntime-genai's MatMulNBits block sizes and accuracy levels (the minimum precision of the
+# activations inside the int4 kernels: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8).
+ONNX_BLOCK_SIZES = (16, 32, 64, 128, 256)
+ONNX_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 DEFAULT_GGUF = ("f16", "q8_0", "q4_k_m")
 DEFAULT_ONNX = ("int4",)
 # tokenizer.ggml.pre values that llama.cpp implements for byte-level BPE vocabularies.
@@ -34,6 +39,10 @@ class ExportConfig:
     out: str = option("export", "Output folder")
     gguf: list[str] = option([], f"GGUF types, comma-separated ({', '.join(GGUF_TYPES)}); with neither --gguf nor --onnx (nor a --target): {','.join(DEFAULT_GGUF)} and ONNX {','.join(DEFAULT_ONNX)}")
     onnx: list[str] = option([], f"ONNX precisions, comma-separated ({', '.join(ONNX_PRECISIONS)})")
+    fit: Optional[str] = option(None, "Also write <name>-fit.gguf: per-tensor llama.cpp types chosen to fit this size (e.g. 110MB, 1.2GiB; a bare integer is bytes) with the least loss; without --gguf it is the only artifact")
+    tensor_type: list[str] = option([], "llama.cpp tensor-type override for the quantized GGUF files, PATTERN=TYPE (a regex on GGUF tensor names, as llama-quantize's --tensor-type; repeatable); --fit keeps these tensors as given")
+    onnx_block_size: int = option(32, f"Block size of the int4 ONNX matrices ({', '.join(map(str, ONNX_BLOCK_SIZES))}): smaller blocks, less loss, larger files")
+    onnx_accuracy_level: int = option(4, "Accuracy level of the int4 ONNX matmuls: 4 computes with int8 activations (fastest on CPU), 1 in fp32, 0 leaves it to the runtime")
     target: Optional[str] = option(None, "Device profile (rpi5-8gb, rpi4-4gb, laptop-cpu, or a YAML file) adding its formats, context length and memory check")
     context_length: Optional[int] = option(None, "Context length the artifacts are checked to fit (default: the profile's, at most the model's)")
     name: str = option("model", "Base name of the artifacts (<name>-<quant>.gguf, <name>-onnx-<precision>/)")
@@ -60,6 +69,14 @@ class ExportConfig:
             if precision not in ONNX_PRECISIONS:
                 raise UserError(f"field 'onnx': unknown ONNX precision '{precision}' "
                                 f"(valid: {', '.join(ONNX_PRECISIONS)})")
+        if self.onnx_block_size not in ONNX_BLOCK_SIZES:
+            raise UserError(f"field 'onnx_block_size': {self.onnx_block_size} is not one of "
+                            f"{', '.join(map(str, ONNX_BLOCK_SIZES))}")
+        if self.onnx_accuracy_level not in ONNX_ACCURACY_LEVELS:
+            raise UserError(f"field 'onnx_accuracy_level': {self.onnx_accuracy_level} is not one of "
+                            f"{', '.join(map(str, ONNX_ACCURACY_LEVELS))}")
+        from .fit_types import parse_overrides
+        parse_overrides(self.tensor_type)
         if self.gguf_pre is not None and self.gguf_pre not in GGUF_PRE_TOKENIZERS:
             raise UserError(f"field 'gguf_pre': unknown pre-tokenizer '{self.gguf_pre}' "
                             f"(valid: {', '.join(GGUF_PRE_TOKENIZERS)})")

@@ -54,7 +54,8 @@ def _value(f: BinaryIO, vtype: gguf.GGUFValueType) -> Any:
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], list[dict]]:
-    """(metadata, tensors) where tensors are {name, type, shape} with shape in ggml order."""
+    """(metadata, tensors) where tensors are {name, type, shape, offset} with shape in ggml order
+    and offset from the start of the data section (metadata["data_start"] in the file)."""
     with open(path, "rb") as f:
         if _read(f, "<I") != gguf.GGUF_MAGIC:
             raise ValueError(f"{path}: not a GGUF file")
@@ -69,9 +70,33 @@ def read_header(path: Path) -> tuple[dict[str, Any], list[dict]]:
             name = _string(f)
             shape = [_read(f, "<Q") for _ in range(_read(f, "<I"))]
             qtype = gguf.GGMLQuantizationType(_read(f, "<I"))
-            _read(f, "<Q")  # offset
-            tensors.append({"name": name, "type": qtype.name, "shape": shape})
+            offset = _read(f, "<Q")
+            tensors.append({"name": name, "type": qtype.name, "shape": shape, "offset": offset})
+        alignment = int(metadata.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT))
+        metadata["data_start"] = (f.tell() + alignment - 1) // alignment * alignment
     return metadata, tensors
+
+
+def tensor_arrays(path: Path) -> dict[str, tuple[str, Any]]:
+    """name -> (type name, the tensor's bytes or values as a read-only memory map: [rows, bytes
+    per row] for quantized types, [rows, columns] for float ones), without gguf.GGUFReader's
+    seconds of vocabulary parsing."""
+    import numpy as np
+
+    metadata, tensors = read_header(path)
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for t in tensors:
+        kind = gguf.GGMLQuantizationType[t["type"]]
+        block, size = gguf.GGML_QUANT_SIZES[kind]
+        rows = int(np.prod(t["shape"][1:], dtype=np.int64))
+        row_bytes = t["shape"][0] // block * size
+        start = metadata["data_start"] + t["offset"]
+        data = raw[start:start + rows * row_bytes].reshape(rows, row_bytes)
+        if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            data = data.view(np.float32 if kind == gguf.GGMLQuantizationType.F32 else np.float16)
+        out[t["name"]] = (t["type"], data)
+    return out
 
 
 def describe_gguf(path: Path) -> dict:

@@ -30,22 +30,44 @@ def builder_available() -> bool:
     return True
 
 
+# What each of our precisions asks the builder for. int4-int8head: k_quant_last quantizes the
+# matrices with the builder's k-quant int4 and the last one (the head; on a tied model the shared
+# embedding with it) at 8 bits. `matmul_mixed_precision=last_matmul:int8` alone built a tied model
+# that does not load (a dangling input), so it is not used; rtn_last measured worse
+# (docs/export.md, bench/bench_onnx.py).
+INT8_HEAD_ALGO = "k_quant_last"
+
+
+def builder_options(precision: str, block_size: int = 32, accuracy_level: int = 4) -> tuple[str, dict]:
+    """(the builder's precision, the extra options we pass it) for one of our precisions; the
+    extra options are what the manifest records as `onnx_options`."""
+    if precision == "fp32":
+        return "fp32", {}
+    options = {"block_size": block_size, "accuracy_level": accuracy_level}
+    if precision == "int4-int8head":
+        options["algo_config"] = INT8_HEAD_ALGO
+    return "int4", options
+
+
 def build_onnx(folder: Path, out_dir: Path, precision: str, work: Path, log_path: Path,
-               context_length: Optional[int] = None, trust_remote_code: bool = False) -> None:
+               context_length: Optional[int] = None, trust_remote_code: bool = False,
+               block_size: int = 32, accuracy_level: int = 4) -> None:
     if not builder_available():
         raise UserError("field 'onnx': the onnxruntime-genai model builder is not importable "
                         "(pip install onnxruntime-genai onnx-ir)")
     from onnxruntime_genai.models import builder
 
     cache = work / f"onnx-cache-{precision}"
-    options = ["hf_token=false"] + (["hf_remote=true"] if trust_remote_code else [])
+    builder_precision, extra = builder_options(precision, block_size, accuracy_level)
+    options = ["hf_token=false"] + (["hf_remote=true"] if trust_remote_code else []) + [
+        f"{k}={v}" for k, v in extra.items()]
     saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     try:
         with native_output_to(log_path):
-            extra = builder.parse_extra_options(None, str(folder), str(out_dir), precision, "cpu",
-                                                str(cache), options)
-            builder.create_model(None, str(folder), str(out_dir), precision, "cpu", str(cache), **extra)
+            parsed = builder.parse_extra_options(None, str(folder), str(out_dir), builder_precision, "cpu",
+                                                 str(cache), options)
+            builder.create_model(None, str(folder), str(out_dir), builder_precision, "cpu", str(cache), **parsed)
     except Exception as e:  # noqa: BLE001 - the builder raises bare Exceptions; keep its message
         raise RuntimeError(f"onnxruntime-genai's builder failed for {precision}: "
                            f"{type(e).__name__}: {e} | {log_tail(log_path)}") from e

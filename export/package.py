@@ -45,7 +45,8 @@ def _size(n: int) -> str:
 
 def preferred_gguf(artifacts: list[dict], profile: Optional[Profile], chosen: Optional[dict] = None) -> Optional[dict]:
     ggufs = {a["quant"]: a for a in artifacts if a["format"] == "gguf"}
-    for quant in ([chosen["quant"]] if chosen else []) + (profile.gguf if profile else []) + ["q4_k_m", "q8_0", "f16"]:
+    # a fitted file was made for this budget: it is the one to run
+    for quant in ["fit"] + ([chosen["quant"]] if chosen else []) + (profile.gguf if profile else []) + ["q4_k_m", "q8_0", "f16"]:
         if quant in ggufs:
             return ggufs[quant]
     return next(iter(ggufs.values()), None)
@@ -53,7 +54,7 @@ def preferred_gguf(artifacts: list[dict], profile: Optional[Profile], chosen: Op
 
 def preferred_onnx(artifacts: list[dict], profile: Optional[Profile]) -> Optional[dict]:
     onnx = {a["quant"]: a for a in artifacts if a["format"] == "onnx"}
-    for precision in (profile.onnx if profile else []) + ["int4", "fp32"]:
+    for precision in (profile.onnx if profile else []) + ["int4", "int4-int8head", "fp32"]:
         if precision in onnx:
             return onnx[precision]
     return None

@@ -14,7 +14,9 @@ from distill.core.errors import UserError
 from distill.core.io import TMP_PREFIX
 
 from .config import DEFAULT_GGUF, DEFAULT_ONNX, GGUF_FLOAT_TYPES, NEEDS_IMATRIX, ExportConfig
-from .profiles import Profile, estimated_size, fit_report, load_profile, require_fit
+from .fit_types import FitTarget, check_overrides, parse_overrides, quantizable, smallest_data_bytes
+from .profiles import (Profile, estimated_size, fit_report, gib, kv_cache_bytes, load_profile, parse_bytes,
+                       require_fit, runtime_overhead_bytes)
 from .source import ModelFacts
 
 DEFAULT_CONTEXT = 4096
@@ -30,6 +32,8 @@ class ExportPlan:
     context: int = 0                 # the context length the artifacts are checked to fit
     not_fitting: list[str] = field(default_factory=list)
     check_threads: int = 1           # for the validation checks
+    overrides: list = field(default_factory=list)  # --tensor-type (pattern, type) pairs
+    fit: Optional[FitTarget] = None  # --fit or a profile's `fit: true`: the budget (set by fit_to)
 
     @classmethod
     def of(cls, config: ExportConfig) -> "ExportPlan":
@@ -38,9 +42,17 @@ class ExportPlan:
         out = Path(config.out)
         check_out_folder(out, config.overwrite)
         profile = load_profile(config.target) if config.target else None
+        if config.fit is not None and config.onnx and not config.gguf:
+            raise UserError("field 'fit': --fit makes a GGUF file and --onnx without --gguf asks for ONNX only; "
+                            "add the GGUF types to keep beside it with --gguf, or drop --fit")
         gguf, onnx = choose_formats(config, profile)
-        require_runtimes(gguf, onnx, config.validate)
-        return cls(out, profile, gguf, onnx, config.threads or os.cpu_count() or 1)
+        wants_fit = config.fit is not None or bool(profile and profile.fit)
+        require_runtimes(gguf + (["fit"] if wants_fit else []), onnx, config.validate)
+        plan = cls(out, profile, gguf, onnx, config.threads or os.cpu_count() or 1,
+                   overrides=parse_overrides(config.tensor_type))
+        if config.fit is not None:
+            plan.fit = FitTarget(parse_bytes(config.fit, "field 'fit'"), f"--fit {config.fit}", plan.overrides)
+        return plan
 
     def fit_to(self, config: ExportConfig, facts: ModelFacts) -> list[str]:
         """The context, the candidates that fit, and the estimated fit of everything else, for
@@ -50,11 +62,31 @@ class ExportPlan:
                                                                 self.context)
         precheck_fit(facts, self.gguf, self.onnx, self.profile, self.context)
         self.check_threads = validation_threads(config.threads, self.threads, facts)
+        if self.profile and self.profile.fit:
+            self.fit = profile_fit_target(self.profile, facts, self.context, self.fit, self.overrides)
         return self.not_fitting
+
+    def check_tensors(self, shapes: dict[str, list[int]], facts: ModelFacts) -> None:
+        """With the model's tensors (GGUF names, ggml shapes) known: every --tensor-type pattern
+        names one, and the fit's budget holds at least its smallest file (without the header,
+        which is known exactly once the first file is written: fit.py checks again then)."""
+        matrices = quantizable(shapes)
+        check_overrides(self.overrides, sorted(matrices))
+        if self.fit is None:
+            return
+        from .fit_types import padded, pinned_types, tensor_bytes
+        others = sum(padded(tensor_bytes(s, "F32")) for n, s in shapes.items() if n not in matrices)
+        smallest = smallest_data_bytes(matrices, others, pinned_types(self.overrides, matrices))
+        if smallest > self.fit.budget:
+            need = (f"at least {smallest:,} bytes ({gib(smallest)})" if not self.profile or not self.profile.fit else
+                    f"{gib(smallest)} of weights + KV cache {gib(kv_cache_bytes(facts, self.context, 'gguf'))} at "
+                    f"context {self.context} + runtime {gib(runtime_overhead_bytes(facts, self.context))}")
+            raise UserError(f"field 'fit': {self.fit.reason}, but the smallest file the fit can make (every "
+                            f"tensor at q2_k or its fallback) needs {need}")
 
     @property
     def needs_base_f16(self) -> bool:
-        return needs_base_f16(self.gguf)
+        return needs_base_f16(self.gguf) or self.fit is not None
 
     def work_folder(self) -> Path:
         """A fresh hidden work folder beside the output, after removing those that stopped
@@ -74,12 +106,14 @@ def _unique(items) -> list[str]:
 
 def choose_formats(config: ExportConfig, profile: Optional[Profile]) -> tuple[list[str], list[str]]:
     """Explicit --gguf/--onnx lists plus the target profile's formats; with neither, the default
-    set (f16, q8_0, q4_k_m and ONNX int4)."""
+    set (f16, q8_0, q4_k_m and ONNX int4), unless a fitted file is asked for: then it is the only
+    artifact."""
     gguf, onnx = list(config.gguf), list(config.onnx)
     if profile:
         gguf += profile.gguf
         onnx += profile.onnx
-    if not gguf and not onnx:
+    fitted = config.fit is not None or bool(profile and profile.fit)
+    if not gguf and not onnx and not fitted:
         gguf, onnx = list(DEFAULT_GGUF), list(DEFAULT_ONNX)
     return _unique(gguf), _unique(onnx)
 
@@ -109,6 +143,22 @@ def drop_unfitting_candidates(config: ExportConfig, profile: Optional[Profile], 
         smallest = min(dropped, key=lambda q: reports[q]["total"])
         require_fit(f"GGUF {smallest} (estimated), the smallest of its types,", reports[smallest], profile)
     return keep, dropped
+
+
+def profile_fit_target(profile: Profile, facts: ModelFacts, context: int, given: Optional[FitTarget],
+                       overrides: list) -> FitTarget:
+    """A `fit: true` profile's budget for the file: its memory budget less the KV cache at its
+    context and the runtime's buffers (the same need every artifact's fit is checked against);
+    with --fit too, the smaller of the two."""
+    kv, overhead = kv_cache_bytes(facts, context, "gguf"), runtime_overhead_bytes(facts, context)
+    room = profile.memory_budget - kv - overhead
+    reason = (f"target '{profile.name}': memory budget {gib(profile.memory_budget)} less KV cache {gib(kv)} at "
+              f"context {context} and runtime {gib(overhead)} leaves {gib(max(room, 0))} for the file")
+    if room < 1:
+        raise UserError(f"field 'fit': {reason}: nothing to fit a file in; a shorter --context-length leaves more")
+    if given is not None and given.budget <= room:
+        return given
+    return FitTarget(room, reason, overrides)
 
 
 def require_imatrix(gguf: list[str], have_matrix: bool, asked: Optional[str]) -> None:

@@ -27,7 +27,7 @@ GGUF_BITS_PER_WEIGHT = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6
 # must fit), or among the listed types that fit, the one whose KL divergence from f16 measured
 # lowest.
 CHOICES = ("first", "lowest_kld")
-ONNX_BITS_PER_WEIGHT = {"fp32": 32, "int4": 4.6}
+ONNX_BITS_PER_WEIGHT = {"fp32": 32, "int4": 4.6, "int4-int8head": 5.0}
 # Runtime KV cache element sizes: llama.cpp defaults to an f16 cache; onnxruntime-genai on CPU
 # keeps it in the model's io dtype, which is fp32 for both fp32 and int4 CPU models.
 KV_BYTES = {"gguf": 2, "onnx": 4}
@@ -45,13 +45,15 @@ class Profile:
     onnx: list[str] = field(default_factory=list)
     source: str = ""
     choose: str = "first"
+    fit: bool = False                # also a GGUF with per-tensor types that fits the budget (export/fit.py)
 
 
 def parse_bytes(value, where: str) -> int:
+    """A size: a number of bytes, or a number with a unit (6GiB, 2500MB, 1.5 GB, 512kib)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return int(value)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in UNITS:
+    if not m or m.group(2).lower() not in UNITS or int(float(m.group(1)) * UNITS[m.group(2).lower()]) < 1:
         raise UserError(f"{where}: expected a size like 6GiB or 2500MB, got {value!r}")
     return int(float(m.group(1)) * UNITS[m.group(2).lower()])
 
@@ -70,7 +72,7 @@ def load_profile(spec: str) -> Profile:
                             f"{', '.join(available_profiles())}; or give a profile .yaml file)")
     data = load_yaml(path)
     from .config import GGUF_TYPES, ONNX_PRECISIONS
-    known = {"description", "memory_budget", "context_length", "threads", "formats", "choose"}
+    known = {"description", "memory_budget", "context_length", "threads", "formats", "choose", "fit"}
     for key in data:
         if key not in known:
             raise UserError(f"{path}: unknown profile field '{key}' (known: {', '.join(sorted(known))})")
@@ -91,6 +93,9 @@ def load_profile(spec: str) -> Profile:
     choose = str(data.get("choose", "first"))
     if choose not in CHOICES:
         raise UserError(f"{path}: 'choose' must be one of {', '.join(CHOICES)}, got {choose!r}")
+    fit = data.get("fit", False)
+    if not isinstance(fit, bool):
+        raise UserError(f"{path}: 'fit' must be true or false, got {fit!r}")
     context, threads = data["context_length"], data.get("threads", 4)
     for key, value in (("context_length", context), ("threads", threads)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -98,7 +103,7 @@ def load_profile(spec: str) -> Profile:
     return Profile(name=path.stem, description=str(data.get("description", "")),
                    memory_budget=parse_bytes(data["memory_budget"], f"{path}: memory_budget"),
                    context_length=context, threads=threads, gguf=gguf, onnx=onnx, source=str(path),
-                   choose=choose)
+                   choose=choose, fit=fit)
 
 
 def kv_cache_bytes(facts: ModelFacts, context: int, fmt: str) -> int:
@@ -149,7 +154,7 @@ def profile_summary(profile: Profile | None) -> dict | None:
     return {"name": profile.name, "description": profile.description,
             "memory_budget": profile.memory_budget, "context_length": profile.context_length,
             "threads": profile.threads, "formats": {"gguf": profile.gguf, "onnx": profile.onnx},
-            "choose": profile.choose}
+            "choose": profile.choose, "fit": profile.fit}
 
 
 def measured_kld(entry: dict) -> tuple[Optional[float], Optional[str]]:

@@ -54,10 +54,12 @@ def llama_file_type(quant: str) -> int:
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 1, log_path: Optional[Path] = None,
-             imatrix: Optional[Path] = None) -> None:
+             imatrix: Optional[Path] = None, overrides: Optional[list[tuple[str, str]]] = None) -> None:
     """Quantize the f16/f32 GGUF `src` into `dst` with llama.cpp's quantizer, in a child process,
     calibrated by the importance matrix file `imatrix` (llama.cpp's GGUF imatrix format) when one
-    is given."""
+    is given. `overrides` are llama.cpp's tensor-type overrides, (regex, ggml type name) in order:
+    the first pattern that a tensor's name matches (std::regex_search) sets its type, before
+    llama.cpp's own fallback for rows its type cannot hold."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -67,7 +69,7 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 1, log_path: Optio
         raise UserError(f"field 'gguf': {quant} needs an importance matrix (--imatrix)")
     log_path = log_path or dst.with_name(dst.name + ".log")
     job = {"src": absolute(src), "dst": absolute(dst), "ftype": llama_file_type(quant), "threads": threads,
-           "imatrix": absolute(imatrix)}
+           "imatrix": absolute(imatrix), "overrides": [[p, ggml_type(t)] for p, t in overrides or []]}
     try:
         result = run_child("quantize", job, log_path)
     except NativeAbort as e:
@@ -79,18 +81,38 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 1, log_path: Optio
                          f"{last_words(log_path)}")
 
 
+def ggml_type(name: str) -> int:
+    """A ggml tensor type by name ('q4_k', 'Q8_0', 'f16')."""
+    import gguf
+    return int(gguf.GGMLQuantizationType[name.upper()])
+
+
+def tensor_overrides(llama_cpp, overrides: list) -> tuple:
+    """llama.cpp's NULL-terminated array of {pattern, type}, and the encoded patterns it points
+    into (both must outlive the call)."""
+    patterns = [p.encode() for p, _ in overrides]
+    array = (llama_cpp.llama_model_tensor_override * (len(patterns) + 1))()
+    for i, (pattern, (_, qtype)) in enumerate(zip(patterns, overrides)):
+        array[i].pattern, array[i].type = pattern, int(qtype)
+    array[len(patterns)].pattern = None
+    return array, patterns
+
+
 def quantize_here(job: dict) -> dict:
     """In the child: run llama.cpp's quantizer."""
     import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = job["ftype"]
     params.nthread = job["threads"]
-    calibration = None
+    calibration = keep = None
+    if job.get("overrides"):
+        keep = tensor_overrides(llama_cpp, job["overrides"])
+        params.tt_overrides = ctypes.cast(keep[0], ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     if job.get("imatrix"):
         from .imatrix import QuantizerImatrix, read_imatrix
         calibration = QuantizerImatrix(read_imatrix(Path(job["imatrix"])))  # must outlive the call
         params.imatrix = ctypes.cast(calibration.array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         params.kv_overrides = ctypes.cast(calibration.overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     status = llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params))
-    del calibration
+    del calibration, keep
     return {"status": int(status)}

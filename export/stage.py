@@ -20,11 +20,15 @@ from distill.core.io import atomic_dir, sha256_path, write_json
 from distill.core.progress import info
 from distill.core.records import StageRecord
 
-from .build import build_ggufs, build_onnx_folders, build_uncalibrated, validate_all
+from .build import build_fit, build_ggufs, build_onnx_folders, build_uncalibrated, validate_all
 from .calibration import Calibration, resolve_calibration
 from .config import GGUF_FLOAT_TYPES, ExportConfig
+from .fit import neighbour_figures
 from .gguf_info import describe_gguf
+from .gguf_writer import plan_tensors
 from .imatrix import check_names, model_matrices, prepare_imatrix, read_imatrix
+from .onnx_export import builder_options
+from .onnx_graph import describe_graph
 from .package import (artifact_entry, chat_template_of, now, plot_kld_vs_size, tool_versions, usual_permissions,
                       write_card_files, write_tarball)
 from .plan import ExportPlan, require_imatrix, split_threads
@@ -86,6 +90,9 @@ def prepare_source(config: ExportConfig, plan: ExportPlan, work: Path) -> Source
     facts = model_facts(folder, hf_config)
     for quant in plan.fit_to(config, facts):
         info(f"Target '{plan.profile.name}': {quant} would not fit, left out")
+    if plan.overrides or plan.fit is not None:  # GGUF names and ggml shapes (ne[0] first)
+        plan.check_tensors({t.name: list(reversed(t.shape)) for t in plan_tensors(folder, hf_config, facts, "f16", None)},
+                           facts)
     calibration = None
     if plan.needs_base_f16:
         calibration = resolve_calibration(config.imatrix, config.model, folder, plan.context, config.imatrix_texts,
@@ -109,9 +116,13 @@ def build_artifacts(config: ExportConfig, plan: ExportPlan, source: Source, refe
         source.calibration, source.folder, source.hf_config, source.facts, build / f"{config.name}.imatrix.gguf",
         plan.threads, config.trust_remote_code)
     artifacts, vocab, base_f16 = build_ggufs(config, source.folder, source.hf_config, source.facts, plan.gguf,
-                                             build, work, plan.threads, imatrix)
-    uncalibrated = build_uncalibrated(config, plan.gguf, build, work, base_f16, plan.threads) \
+                                             build, work, plan.threads, imatrix, plan.overrides, plan.fit is not None)
+    uncalibrated = build_uncalibrated(config, plan.gguf, build, work, base_f16, plan.threads, plan.overrides) \
         if imatrix is not None and config.imatrix_compare else []
+    neighbours, fit_info = [], None
+    if plan.fit is not None:
+        fitted, neighbours, fit_info = build_fit(config, plan.fit, build, work, base_f16, plan.threads, imatrix)
+        artifacts.append(fitted)
     if plan.onnx and reference is not None:
         reference.release()  # the ONNX builder loads the model once more
     artifacts += build_onnx_folders(config, source.folder, plan.onnx, build, work, plan.context)
@@ -119,12 +130,15 @@ def build_artifacts(config: ExportConfig, plan: ExportPlan, source: Source, refe
     if source.calibration is not None and source.calibration.heldout:
         heldout = HeldOut([t.tolist() for t in source.calibration.heldout], work / "f16-heldout-logits.npy")
     results, base_result = ({}, None) if reference is None else validate_all(
-        artifacts + uncalibrated, reference, base_f16, plan.check_threads, config.max_quant_kld, work, heldout)
+        artifacts + uncalibrated + neighbours, reference, base_f16, plan.check_threads, config.max_quant_kld, work,
+        heldout)
     if reference is not None:
         reference.stop()  # its model is not needed any more
     failures = [f"base f16: {f}" for f in (base_result or {}).get("failures", [])]
     entries = manifest_entries(artifacts, uncalibrated, results, build, source.facts, plan, config,
                                imatrix is not None, failures)
+    for entry in (e for e in entries if e["quant"] == "fit"):
+        entry["search"] = neighbour_figures(fit_info, {q: results.get(p) for p, _, q in neighbours})
     extra = {"tokenizer": vocab, "calibration": imatrix_info, "imatrix": imatrix, "base_f16": base_result}
     return entries, extra, failures
 
@@ -145,6 +159,9 @@ def manifest_entries(artifacts, uncalibrated, results, build: Path, facts: Model
             if quant in without:
                 entry["uncalibrated"] = {"bytes": without[quant].stat().st_size, **describe_gguf(without[quant]),
                                          "validation": results.get(without[quant])}
+        if fmt == "onnx":  # what we asked the builder for, and what its graph holds
+            entry["onnx_options"] = builder_options(quant, config.onnx_block_size, config.onnx_accuracy_level)[1]
+            entry["graph"] = describe_graph(path)
         if path in results:
             entry["validation"] = results[path]
             failures += [f"{entry['path']}: {f}" for f in results[path]["failures"]]
@@ -193,7 +210,7 @@ def save_package(config: ExportConfig, plan: ExportPlan, source: Source, entries
     usual_permissions(build)
     if config.tarball:
         members = [e["path"] for e in entries
-                   if profile is None or e["quant"] in getattr(profile, e["format"])
+                   if profile is None or e["quant"] in getattr(profile, e["format"]) or e["quant"] == "fit"
                    and (chosen is None or e["format"] != "gguf" or e["quant"] == chosen["quant"])]
         tar_name = f"{config.name}-{profile.name}.tar.gz" if profile else f"{config.name}.tar.gz"
         info(f"Packing {tar_name}")

@@ -46,7 +46,7 @@ def test_pickle_weights_are_refused(student, tmp_path):
 
 @pytest.mark.parametrize("args,expected", [
     (["--gguf", "q4_k_x"], "field 'gguf': unknown GGUF type 'q4_k_x' (valid: f32, f16, bf16, q8_0, q6_k, q5_k_m"),
-    (["--onnx", "int3"], "field 'onnx': unknown ONNX precision 'int3' (valid: fp32, int4)"),
+    (["--onnx", "int3"], "field 'onnx': unknown ONNX precision 'int3' (valid: fp32, int4, int4-int8head)"),
     (["--target", "rpi9"], "unknown device profile 'rpi9'"),
     (["--gguf-pre", "mystery"], "unknown pre-tokenizer 'mystery'"),
     (["--context-length", "4096", "--gguf", "f16"], "4096 is more than the model's max_position_embeddings (1024)"),
