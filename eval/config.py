@@ -39,6 +39,7 @@ class EvalConfig:
     baseline: Optional[str] = option(None, "Gate: an earlier report.json to compare against per label", input=True)
     max_drop: Optional[float] = option(None, "Gate: largest allowed pass@1 drop against --baseline")
     max_kld: Optional[float] = option(None, "Gate: largest allowed mean KL divergence against --reference")
+    max_loop_rate: Optional[float] = option(None, "Gate: largest allowed share of samples that end in a loop; with --baseline, the largest allowed (significant) rise over the baseline's same label")
     junit: Optional[str] = option(None, "Write every (row, gate) verdict to FILE as JUnit XML, for CI test reporters")
     batch_size: Optional[int] = option(None, "Sequences generated together (hf, gguf, onnx; default: 16, gguf 32 when its KV cache fits in a quarter of the free memory)")
     concurrency: int = option(8, "Requests in flight (openai)")
@@ -75,6 +76,8 @@ class EvalConfig:
             raise UserError("min_accuracy: must be in [0, 1]")
         if self.max_drop is not None and not 0 <= self.max_drop <= 1:
             raise UserError("max_drop: must be in [0, 1]")
+        if self.max_loop_rate is not None and not 0 <= self.max_loop_rate <= 1:
+            raise UserError("max_loop_rate: must be in [0, 1]")
         if self.max_kld is not None and self.max_kld < 0:
             raise UserError("max_kld: must be at least 0")
         if self.junit is not None and (not self.junit.strip() or Path(self.junit).is_dir()):
@@ -102,7 +105,9 @@ class EvalConfig:
         if self.think_budget and any(m.startswith("openai:") for m in self.model):
             raise UserError("think_budget: budget forcing continues the model's own text, which an "
                             "openai: chat server does not allow; evaluate openai: models without it")
-        if (self.baseline is None) != (self.max_drop is None):
+        if self.max_drop is not None and self.baseline is None:
             raise UserError("baseline/max_drop: the drop gate needs both --baseline and --max-drop")
+        if self.baseline is not None and self.max_drop is None and self.max_loop_rate is None:
+            raise UserError("baseline/max_drop: --baseline needs a gate to apply: --max-drop and/or --max-loop-rate")
         if self.max_kld is not None and self.reference is None:
             raise UserError("max_kld: the KL gate needs --reference hf:DIR")

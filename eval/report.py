@@ -13,16 +13,18 @@ SCHEMA_VERSION = 1
 # Every row carries every key, in this order; figures that were not measured are null.
 RESULT_KEYS = (
     "label", "model", "backend", "benchmark", "think_budget", "n_problems", "samples_per_problem",
-    "n_samples", "pass_at_1", "maj_at_k", "format_valid_rate", "truncation_rate",
-    "mean_response_tokens", "n_errors", "prompt_tokens_per_s", "decode_tokens_per_s", "ttft_s",
+    "n_samples", "pass_at_1", "pass_at_k", "maj_at_k", "format_valid_rate", "truncation_rate", "loop_rate",
+    "think_unclosed_rate", "answer_in_think_rate", "mean_response_tokens", "n_errors", "prompt_tokens_per_s", "decode_tokens_per_s", "ttft_s",
     "peak_rss_bytes", "size_bytes", "threads", "mean_kld", "top1_agreement", "perplexity",
 )
 
 # (header, key, format) of the table; columns whose figures are all missing are left out.
 COLUMNS = (
     ("label", "label", "{}"), ("backend", "backend", "{}"), ("budget", "think_budget", "{}"),
-    ("pass@1", "pass_at_1", "{:.1%}"), ("maj@k", "maj_at_k", "{:.1%}"),
+    ("pass@1", "pass_at_1", "{:.1%}"), ("pass@k", "pass_at_k", "passk"), ("maj@k", "maj_at_k", "{:.1%}"),
     ("format ok", "format_valid_rate", "{:.0%}"), ("truncated", "truncation_rate", "{:.0%}"),
+    ("loops", "loop_rate", "{:.0%}"), ("think unclosed", "think_unclosed_rate", "{:.0%}"),
+    ("answer in think", "answer_in_think_rate", "{:.0%}"),
     ("tokens", "mean_response_tokens", "{:.0f}"), ("decode tok/s", "decode_tokens_per_s", "{:.1f}"),
     ("prompt tok/s", "prompt_tokens_per_s", "{:.0f}"), ("TTFT s", "ttft_s", "{:.2f}"),
     ("peak RSS MB", "peak_rss_bytes", "mb"), ("size MB", "size_bytes", "mb"), ("threads", "threads", "{}"),
@@ -39,6 +41,9 @@ def _cell(value, fmt: str) -> str:
         return "–"
     if fmt == "mb":
         return f"{value / 1e6:.1f}"
+    if fmt == "passk":  # the largest k measured
+        k = max(value, key=int)
+        return "–" if value[k] is None else f"@{k} {value[k]:.1%}"
     return fmt.format(value)
 
 
@@ -141,6 +146,16 @@ def gate_lines(gates: dict) -> list[str]:
             lines.append(f"| {row} | {d['n_problems']} | {d['baseline']:.1%} | {d['current']:.1%} | "
                          f"{d['drop']:+.1%} | {d['low']:+.1%} to {d['high']:+.1%} | {d['p_value']:.3g} | "
                          f"{d['test']} | {verdict} |")
+        lines.append("")
+    if gates.get("loop_increase"):
+        lines += [f"Loop rate against the baseline. Rule: {gates['loop_rule']}.", "",
+                  "| row | shared problems | baseline | now | rise | 95% interval | p | test | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for d in gates["loop_increase"]:
+            row = d["label"] + (f" @{d['think_budget']}" if d.get("think_budget") else "")
+            lines.append(f"| {row} | {d['n_problems']} | {d['baseline_loop_rate']:.1%} | {d['loop_rate']:.1%} | "
+                         f"{d['drop']:+.1%} | {d['low']:+.1%} to {d['high']:+.1%} | {d['p_value']:.3g} | "
+                         f"{d['test']} | {d['status']} |")
         lines.append("")
     return lines
 

@@ -88,3 +88,33 @@ def test_plots_are_real_pngs(tmp_path):
     path = plot_budget(sweep, tmp_path / "budget.png")
     assert mpimg.imread(path).shape[1] > 300
     assert plot_budget(_rows(), tmp_path / "flat.png") is None
+
+
+def test_labels_of_nearby_points_do_not_overlap():
+    """The demo's q4_k_m, q8_0 and onnx-int4 points sit within a few MB and points of each other;
+    their labels are placed apart, and off every marker."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distill.eval.plots import place_labels
+
+    points = {"teacher": (20.8, 98.0), "student-sft": (10.05, 56.0), "student": (10.07, 56.5),
+              "student-gguf-f16": (5.0, 56.5), "student-gguf-q8_0": (2.68, 56.5),
+              "student-gguf-q4_k_m": (1.55, 56.5), "student-onnx-int4": (2.16, 56.5)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = ax.scatter([x for x, _ in points.values()], [y for _, y in points.values()], s=460, zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlim(1, 33)
+    ax.set_ylim(44, 102)
+    texts = [ax.text(x, y, label, fontsize=8, ha="center", va="center") for label, (x, y) in points.items()]
+    place_labels(fig, ax, texts, markers)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    centres = ax.transData.transform(list(points.values()))
+    for box in boxes:
+        assert not any(box.contains(x, y) for x, y in centres)
+    plt.close(fig)

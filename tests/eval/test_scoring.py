@@ -33,7 +33,9 @@ def test_answers_inside_the_think_block_do_not_count():
     closed = score_response("the answer is \\boxed{42}\n</think>\n\nNo idea.", "42", PREFILL)
     unclosed = score_response("the answer is \\boxed{42} and more thinking", "42", PREFILL, "length")
     assert not closed["correct"] and not unclosed["correct"]
-    assert unclosed == {"extracted": None, "correct": False, "format_valid": False, "truncated": True}
+    assert unclosed == {"extracted": None, "correct": False, "format_valid": False, "truncated": True,
+                        "loop": None, "think_unclosed": True, "answer_in_think": True}
+    assert closed["answer_in_think"] and not closed["think_unclosed"]
     # the last </think> decides: a second think block's answer is what is read
     twice = score_response("a\n</think>\n\\boxed{1}<think>b</think>\n\n\\boxed{42}", "42", PREFILL)
     assert twice["correct"] and not twice["format_valid"]  # two blocks: not the R1 format
@@ -46,7 +48,8 @@ def test_servers_that_open_the_think_block_or_split_the_reasoning():
     text = full_response("\\boxed{42}", "7 * 6 = 42")
     assert text.startswith("<think>\n7 * 6 = 42\n</think>")
     assert score_response(text, "42", "") == {"extracted": "42", "correct": True, "format_valid": True,
-                                               "truncated": False}
+                                               "truncated": False, "loop": None, "think_unclosed": False,
+                                               "answer_in_think": False}
     # a plain chat model without a think block: the whole text is the answer, format not valid
     plain = score_response("It is \\boxed{42}.", "42", "")
     assert plain["correct"] and not plain["format_valid"]
