@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from distill.core.chat import THINK_OPEN, open_think_block
+from distill.core.chat import open_think_block
 from distill.core.errors import UserError
 
 from .types import Collector, Completion, Sampling
@@ -104,14 +104,8 @@ class GGUFBackend:
             self._formatter = Jinja2ChatFormatter(template, eos_token=token_text(llm.token_eos()),
                                                   bos_token=token_text(llm.token_bos()))
 
-    def render(self, user_text: str) -> str:
-        if self._formatter is None:
-            raise UserError(f"gguf:{self.target}: the GGUF has no chat template "
-                            "(tokenizer.chat_template); export it from a model with one")
-        text = self._formatter(messages=[{"role": "user", "content": user_text}]).prompt
-        if not text.rstrip().endswith(THINK_OPEN):
-            return text + f"{THINK_OPEN}\n"
-        return text if text.endswith("\n") else text + "\n"
+    def render(self, user_text: str, think: bool = True) -> str:
+        return self.render_messages([{"role": "user", "content": user_text}], think)
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)

@@ -75,6 +75,7 @@ class Job:
     started: float = 0.0
     first: float | None = None
     last: float = 0.0
+    lp: list = field(default_factory=list)  # per generated token: (id, log-prob, top-K ids, top-K log-probs)
 
 
 class BatchDecoder:
@@ -119,7 +120,7 @@ class BatchDecoder:
     def run(self, jobs: list[Job], sampling: Sampling, on_done) -> None:
         """Decode every job; `on_done(job, completion)` as each one finishes."""
         stops = [s.encode("utf-8") for s in sampling.stop if s]
-        self.temperature, self.top_p = sampling.temperature, sampling.top_p
+        self.temperature, self.top_p, self.logprobs = sampling.temperature, sampling.top_p, sampling.logprobs
         pending, free = deque(jobs), list(range(self.slots))  # a heap: the lowest free slot first
         active: dict[int, Job] = {}
         try:
@@ -182,9 +183,12 @@ class BatchDecoder:
         import llama_cpp
         logits = np.ctypeslib.as_array(ctypes.cast(llama_cpp.llama_get_logits_ith(self.ctx, k),
                                                    ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
-        if job.rng is None:
-            return int(logits.argmax())
-        return draw(logits, self.temperature, self.top_p, job.rng)
+        token = int(logits.argmax()) if job.rng is None else draw(logits, self.temperature, self.top_p, job.rng)
+        if self.logprobs:  # the model's own (temperature 1) log-probs, for `generate --logprobs`
+            from distill.core.teacher_logprobs import top_k
+            ids, lps, norm = top_k(logits, self.logprobs)
+            job.lp.append((token, float(logits[token]) - norm, ids.tolist(), lps.tolist()))
+        return token
 
     def _advance(self, job: Job, token: int, stops: list[bytes]) -> bool:
         """Take the sampled token; True when the sample is finished."""
@@ -216,6 +220,11 @@ class BatchDecoder:
         cuts = [text.find(s) for s in sampling.stop if s and s in text]
         if cuts:
             text = text[:min(cuts)]
+        logprobs = None
+        if job.lp:
+            from distill.core.teacher_logprobs import TokenLogprobs
+            ids, lps, top_ids, top_lps = zip(*job.lp)
+            logprobs = TokenLogprobs.from_lists(ids, lps, top_ids, top_lps, sampling.logprobs)
         return Completion(text=text, finish_reason=job.finish, prompt_tokens=len(job.prompt),
                           completion_tokens=len(job.out), ttft_s=job.first - job.started,
-                          decode_s=job.last - job.first, token_ids=job.out)
+                          decode_s=job.last - job.first, token_ids=job.out, logprobs=logprobs)

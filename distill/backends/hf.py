@@ -103,8 +103,8 @@ class HFBackend:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
 
-    def render(self, user_text: str) -> str:
-        return render_prompt(self.tokenizer, user_text, where=f"hf:{self.target}")
+    def render(self, user_text: str, think: bool = True) -> str:
+        return render_prompt(self.tokenizer, user_text, think_prefill=think, where=f"hf:{self.target}")
 
     def render_messages(self, messages: list[dict], think_prefill: bool = True) -> str:
         return render_messages(self.tokenizer, messages, think_prefill, where=f"hf:{self.target}")
@@ -188,6 +188,8 @@ class HFBackend:
                     logits = new_logits if logits is None else torch.cat([logits, new_logits])
                     rows += new
                 tokens = self._pick(logits, rows, sampling)
+                if sampling.logprobs:
+                    _keep_logprobs(logits, rows, tokens, sampling.logprobs)
                 keep = []
                 for k, (row, token) in enumerate(zip(rows, tokens)):
                     if watch.advance(row, token):
@@ -242,7 +244,11 @@ class HFBackend:
         for row in rows:
             if row.generator is None:
                 row.generator = torch.Generator(device=self.device).manual_seed(row.seed)
-        return [int(torch.multinomial(probs[k], 1, generator=row.generator)) for k, row in enumerate(rows)]
+        tokens = [int(torch.multinomial(probs[k], 1, generator=row.generator)) for k, row in enumerate(rows)]
+        if sampling.sampler_logprobs:
+            for k, (row, token) in enumerate(zip(rows, tokens)):
+                row.sampler.append(float(probs[k, token].log()))
+        return tokens
 
     def close(self) -> None:
         self.model = None
@@ -267,6 +273,18 @@ class _Row:
     started: float = 0.0
     first: float | None = None
     last: float = 0.0
+    lp: list = field(default_factory=list)       # per generated token: (id, log-prob, top-K ids, top-K log-probs)
+    sampler: list = field(default_factory=list)  # per generated token: its log-prob when it was drawn
+
+
+def _keep_logprobs(logits, rows: list[_Row], tokens: list[int], k: int) -> None:
+    """The model's own (temperature 1) log-prob of each row's token and its top-k, for
+    `generate --logprobs`."""
+    import torch
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
+    for i, (row, token) in enumerate(zip(rows, tokens)):
+        row.lp.append((token, float(logprobs[i, token]), top.indices[i].tolist(), top.values[i].tolist()))
 
 
 def _cache_of(output):
@@ -337,7 +355,13 @@ class _Watch:
         cuts = [text.find(s) for s in self.stops if s in text]
         if cuts:
             text, row.finish = text[:min(cuts)], "stop"
+        logprobs = None
+        if row.lp:
+            from distill.core.teacher_logprobs import TokenLogprobs
+            ids, lps, top_ids, top_lps = zip(*row.lp)
+            logprobs = TokenLogprobs.from_lists(ids, lps, top_ids, top_lps, self.sampling.logprobs)
         return Completion(text=text, finish_reason=row.finish, prompt_tokens=len(row.prompt),
                           completion_tokens=len(row.out), ttft_s=row.first - row.started,
                           decode_s=row.last - row.first, token_ids=row.out,
-                          stop_token=row.stop_token)
+                          stop_token=row.stop_token, logprobs=logprobs,
+                          sampler_logprobs=list(row.sampler) if self.sampling.sampler_logprobs else None)

@@ -75,8 +75,8 @@ class OnnxBackend:
         self.vocab_size = int(genai.get("vocab_size") or 0)
         self.model = open_model(folder, self.threads)
 
-    def render(self, user_text: str) -> str:
-        return render_prompt(self.tokenizer, user_text, where=str(self.folder))
+    def render(self, user_text: str, think: bool = True) -> str:
+        return render_prompt(self.tokenizer, user_text, think_prefill=think, where=str(self.folder))
 
     def encode(self, text: str) -> list[int]:
         # the rendered prompt already holds every special token the chat template wants

@@ -41,12 +41,14 @@ from distill.core.chat import THINK_CLOSE, THINK_OPEN
 from distill.core.errors import UserError
 
 from .types import Collector, Completion, Sampling
+from . import openai_logprobs
 from .retry import RetriesExhausted, StreamCutShort, describe, with_retries
+
 
 def load(target: str, model: str | None = None, api_key_env: str | None = None,
          concurrency: int = 8, max_retries: int = 6, request_timeout: float = 600.0,
          retry_wait: float = 1.0, stream: bool = True, extra_body: dict | None = None,
-         served_model: str | None = None, **_unused) -> "OpenAIBackend":
+         served_model: str | None = None, teacher_tokenizer: str | None = None, **_unused) -> "OpenAIBackend":
     model = model or served_model
     if not target.startswith(("http://", "https://")):
         raise UserError(f"openai:{target}: expected a base URL such as http://127.0.0.1:8000/v1")
@@ -57,8 +59,13 @@ def load(target: str, model: str | None = None, api_key_env: str | None = None,
         api_key = os.environ.get(api_key_env, "")
         if not api_key:
             raise UserError(f"api_key_env: the environment variable {api_key_env} is not set")
-    return OpenAIBackend(target, model, api_key, max(1, concurrency), max(0, max_retries),
-                         request_timeout, retry_wait, stream, dict(extra_body or {}))
+    backend = OpenAIBackend(target, model, api_key, max(1, concurrency), max(0, max_retries),
+                            request_timeout, retry_wait, stream, dict(extra_body or {}))
+    if teacher_tokenizer:
+        from distill.core.tokenizers import load_tokenizer
+        backend.tokenizer = load_tokenizer(teacher_tokenizer, "teacher_tokenizer")
+        backend.mapper = openai_logprobs.TokenMapper(backend.tokenizer)
+    return backend
 
 
 def _reasoning_of(obj) -> str | None:
@@ -80,9 +87,58 @@ class OpenAIBackend:
         self.streaming, self.extra_body = stream, extra_body  # `stream` is the chat method
         self.send_seed = True
         self.retries = 0  # retried attempts over the backend's life, for reports and tests
+        self.token_ids = True   # ask for log-prob tokens as ids (vLLM), until the server refuses
+        self.tokenizer = self.mapper = None  # --teacher-tokenizer: maps log-prob token strings to ids
 
-    def render(self, user_text: str) -> str:
-        return user_text
+    def server_tokenize(self, text: str) -> list[int] | None:
+        """The server's own token ids of `text` (vLLM's /tokenize), or None where it has no such route."""
+        import openai
+
+        root = self.base_url.rstrip("/").removesuffix("/v1")
+        try:
+            with openai.OpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=2, timeout=30.0) as client:
+                answer = client.post(f"{root}/tokenize", cast_to=object,
+                                     body={"model": self.model, "prompt": text, "add_special_tokens": False})
+        except (openai.APIStatusError, openai.APIConnectionError):
+            return None
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        return [int(t) for t in tokens] if isinstance(tokens, list) else None
+
+    def check_logprobs(self, k: int) -> None:
+        """One request for the top-k log-probs of a token, before any work: a server that refuses k
+        or returns no log-probs is one line, and the way token ids come back is settled."""
+        import openai
+
+        from distill.core.errors import UserError
+
+        sampling = Sampling(n=1, max_new_tokens=1, temperature=0.0, logprobs=k)
+
+        async def ask():
+            from openai import AsyncOpenAI
+            async with AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=2) as client:
+                while True:
+                    try:  # not streamed: a refusal is then an HTTP status, not an error inside a stream
+                        return await self._request(client, "Hi", sampling, 0, stream=False)
+                    except openai.BadRequestError as e:
+                        text = str(e)
+                        if self.token_ids and "return_tokens_as_token_ids" in text:
+                            self.token_ids = False  # a server that takes no such field: map strings
+                            continue
+                        if self.send_seed and "seed" in text.lower():
+                            self.send_seed = False
+                            continue
+                        if "logprob" in text.lower():
+                            raise openai_logprobs.refusal(text, k, f"openai:{self.base_url}") from None
+                        raise UserError(f"openai:{self.base_url}: {describe(e)}") from None
+        done = asyncio.run(ask())
+        if done.logprobs is None or len(done.logprobs.token_ids) == 0:
+            raise UserError(f"logprobs: openai:{self.base_url} returns no log-probs for generated tokens "
+                            "(a server that supports `logprobs` and `top_logprobs` is needed)")
+        if done.logprobs.k and not (done.logprobs.topk_ids >= 0).any():
+            raise UserError(f"logprobs: openai:{self.base_url} returns no top log-probs (asked for {k})")
+
+    def render(self, user_text: str, think: bool = True) -> str:
+        return user_text  # the server renders (and decides whether its template opens a think block)
 
     def generate(self, prompts: list[str], sampling: Sampling, on_done=None) -> list[list[Completion]]:
         try:
@@ -157,22 +213,33 @@ class OpenAIBackend:
             args["seed"] = seed
         if self.streaming:
             args.update(stream=True, stream_options={"include_usage": True})
-        if self.extra_body:
-            args["extra_body"] = self.extra_body
+        extra = dict(self.extra_body)
+        if sampling.logprobs:
+            fields, more = openai_logprobs.request_fields(sampling.logprobs, self.token_ids)
+            args.update(fields)
+            extra.update(more)
+        if extra:
+            args["extra_body"] = extra
         return args
 
-    async def _request(self, client, user_text: str, sampling: Sampling, seed: int) -> Completion:
+    async def _request(self, client, user_text: str, sampling: Sampling, seed: int,
+                       stream: bool | None = None) -> Completion:
         started = time.perf_counter()
-        response = await client.chat.completions.create(**self._request_args(user_text, sampling, seed))
-        if not self.streaming:
+        args = self._request_args(user_text, sampling, seed)
+        if stream is False:
+            args.pop("stream", None), args.pop("stream_options", None)
+        response = await client.chat.completions.create(**args)
+        if not args.get("stream"):
             done = time.perf_counter()
             choice = response.choices[0]
             usage = response.usage
+            entries = getattr(choice.logprobs, "content", None) if getattr(choice, "logprobs", None) else None
             return Completion(text=choice.message.content or "", finish_reason=choice.finish_reason or "stop",
                               prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                               completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                              reasoning=_reasoning_of(choice.message), ttft_s=done - started, decode_s=0.0)
-        content, reasoning = [], []
+                              reasoning=_reasoning_of(choice.message), ttft_s=done - started, decode_s=0.0,
+                              logprobs=self._logprobs(entries, sampling))
+        content, reasoning, entries = [], [], []
         finish, usage, first, last, chunks = None, None, None, None, 0
         async for chunk in response:
             if getattr(chunk, "usage", None):
@@ -186,6 +253,8 @@ class OpenAIBackend:
                     chunks += 1
                     content.append(piece)
                     reasoning.append(thought or "")
+                if getattr(choice, "logprobs", None) is not None and choice.logprobs.content:
+                    entries += choice.logprobs.content
                 if choice.finish_reason:
                     finish = choice.finish_reason
         if finish is None:
@@ -196,7 +265,13 @@ class OpenAIBackend:
                           prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                           completion_tokens=getattr(usage, "completion_tokens", 0) or chunks,
                           reasoning=thinking if any(r for r in reasoning) else None,
-                          ttft_s=first - started, decode_s=(last or first) - first)
+                          ttft_s=first - started, decode_s=(last or first) - first,
+                          logprobs=self._logprobs(entries, sampling))
+
+    def _logprobs(self, entries, sampling: Sampling):
+        if not sampling.logprobs or not entries:
+            return None
+        return openai_logprobs.parse(entries, sampling.logprobs, self.mapper)
 
     # `distill chat`: the server renders the conversation, and one sample is streamed as it arrives.
 

@@ -4,6 +4,10 @@ that hands each prompt's completions over as soon as they are all there."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distill.core.teacher_logprobs import TokenLogprobs
 
 
 @dataclass
@@ -14,6 +18,9 @@ class Sampling:
     top_p: float = 1.0
     seed: int = 0
     stop: list[str] = field(default_factory=list)
+    logprobs: int = 0                 # K > 0: keep the model's top-K log-probs of every generated token
+    sampler_logprobs: bool = False    # keep each drawn token's log-prob under the sampling distribution
+                                      # (after temperature and top-p; hf: on-policy importance weights)
 
 
 @dataclass
@@ -29,6 +36,10 @@ class Completion:
     token_ids: list[int] | None = None # the generated ids, end-of-turn excluded (hf, gguf)
     stop_token: int | None = None      # the end-of-turn id the sample stopped on (hf; on-policy
                                        # training scores it too)
+    logprobs: "TokenLogprobs | None" = None  # with Sampling.logprobs: every generated token's id and
+                                       # log-prob and the top-K, the stop token included
+    sampler_logprobs: list[float] | None = None  # with Sampling.sampler_logprobs (hf): one per
+                                       # generated token, the stop token included
 
 
 class Collector:

@@ -29,7 +29,8 @@ import numpy as np
 
 from .chat import THINK_CLOSE, assistant_message, load_prompt_template, require_chat_template, user_message
 from .errors import UserError
-from .io import atomic_dir, read_json, read_jsonl
+from . import teacher_logprobs
+from .io import atomic_dir, read_json, read_jsonl, write_json
 from .problems import load_hub, read_rows
 
 TRACE_COLUMNS = ("id", "prompt_id", "sample_index", "problem", "prompt", "reasoning", "answer",
@@ -56,12 +57,18 @@ def trace_row(row: dict) -> dict:
     return out
 
 
-def write_traces(rows: list[dict], out_dir: Path) -> Path:
-    """The kept rows of `rows` as OUT/traces (atomically)."""
+def write_traces(rows: list[dict], out_dir: Path, logprobs_meta: dict | None = None) -> Path:
+    """The kept rows of `rows` as OUT/traces (atomically); with `logprobs_meta` (generate
+    --logprobs), the teacher's stored log-probs as four more columns and their meta file."""
     import datasets
-    from datasets import Dataset
+    from datasets import Dataset, Features
+
     kept = [trace_row(r) for r in rows if r["kept"]]
     spec = features()
+    if logprobs_meta is not None:
+        spec = Features({**spec, **teacher_logprobs.features()})
+        for trace, row in zip(kept, (r for r in rows if r["kept"])):
+            trace.update(teacher_logprobs.TokenLogprobs.unpack(row["teacher_logprobs"]).columns())
     columns = {name: [row[name] for row in kept] for name in spec}
     target = out_dir / "traces"
     was_enabled = datasets.is_progress_bar_enabled()
@@ -70,6 +77,8 @@ def write_traces(rows: list[dict], out_dir: Path) -> Path:
         with atomic_dir(target) as tmp:
             # one shard even when empty: zero shards is a folder load_from_disk cannot read
             Dataset.from_dict(columns, features=spec).save_to_disk(str(tmp), num_shards=1)
+            if logprobs_meta is not None:
+                write_json(tmp / teacher_logprobs.META_FILE, logprobs_meta)
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
@@ -91,6 +100,7 @@ class Traces:
     rows_read: int = 0
     not_kept: int = 0
     generate_summary: dict = field(default_factory=dict)
+    logprobs_meta: dict | None = None   # stored teacher log-probs: K and the teacher's vocabulary probe
 
     def describe(self) -> dict:
         """What the model card and the summary say about the data."""
@@ -156,6 +166,15 @@ def _teacher_name(rows: list[dict], generate_dir: Path | None) -> str | None:
     return None
 
 
+def _stored_logprobs(row: dict):
+    """A row's stored teacher log-probs: the traces/ columns, or samples.jsonl's packed form."""
+    if row.get("teacher_token_ids") is not None:
+        return teacher_logprobs.TokenLogprobs.from_columns(row)
+    if isinstance(row.get("teacher_logprobs"), dict):
+        return teacher_logprobs.TokenLogprobs.unpack(row["teacher_logprobs"])
+    return None
+
+
 def load_traces(src: str, prompt_template: str) -> Traces:
     raw, source, generate_dir = _read_source(src)
     if not raw:
@@ -181,14 +200,18 @@ def load_traces(src: str, prompt_template: str) -> Traces:
             prompt = user_message(problem, template)
         rows.append({"problem": problem, "prompt": prompt,
                      "reasoning": _text(row, reasoning_f, source, number),
-                     "answer": _text(row, answer_f, source, number)})
+                     "answer": _text(row, answer_f, source, number), "logprobs": _stored_logprobs(row)})
     if not rows:
         raise UserError(f"traces: {source}: no kept traces ({len(raw)} samples, none kept): "
                         "nothing to train on")
     summary = {}
     if generate_dir is not None and (generate_dir / "summary.json").is_file():
         summary = read_json(generate_dir / "summary.json")
+    meta_files = [Path(source) / teacher_logprobs.META_FILE] + \
+        ([generate_dir / teacher_logprobs.META_FILE] if generate_dir is not None else [])
+    meta = next((read_json(f) for f in meta_files if f.is_file()), None)
     return Traces(rows=rows, source=source, teacher=_teacher_name(raw, generate_dir), rows_read=len(raw),
+                  logprobs_meta=meta if any(r["logprobs"] is not None for r in rows) else None,
                   not_kept=not_kept, generate_summary=summary if isinstance(summary, dict) else {})
 
 
@@ -247,11 +270,12 @@ def split_turns(tokenizer, prompt: str, reasoning: str, answer: str, eot: EndOfT
 
 
 def encode_traces(tokenizer, rows: list[dict], eot: EndOfTurn, max_seq_len: int,
-                  where: str) -> tuple[list[dict], int]:
+                  where: str, stored: bool = False) -> tuple[list[dict], int]:
     """{input_ids (int32 array), prompt_len, problem} for each trace, in order; traces longer than
     `max_seq_len` are dropped (cutting them would cut the answer off). Returns (samples, number
     dropped as too long). Labels are derived per batch (`labels_of`), so a large trace set costs
-    four bytes a token in memory."""
+    four bytes a token in memory. With `stored`, each sample also carries the stored teacher
+    log-probs at its trained positions (`position_data`: top-K ids, log-probs, where they apply)."""
     prompts, completions = [], []
     for row in rows:
         p, c = split_turns(tokenizer, row["prompt"], row["reasoning"], row["answer"], eot, where)
@@ -267,8 +291,11 @@ def encode_traces(tokenizer, rows: list[dict], eot: EndOfTurn, max_seq_len: int,
         if len(p_ids) + len(c_ids) > max_seq_len:
             too_long += 1
             continue
-        samples.append({"input_ids": np.asarray(list(p_ids) + list(c_ids), dtype=np.int32),
-                        "prompt_len": len(p_ids), "problem": row["problem"]})
+        sample = {"input_ids": np.asarray(list(p_ids) + list(c_ids), dtype=np.int32),
+                  "prompt_len": len(p_ids), "problem": row["problem"]}
+        if stored:
+            sample["position_data"] = teacher_logprobs.at_positions(row["logprobs"], c_ids)
+        samples.append(sample)
     return samples, too_long
 
 

@@ -45,6 +45,9 @@ class GenerateConfig:
     dtype: str = option("auto", "Torch dtype for hf: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     n_ctx: int = option(8192, "Context window for gguf teachers")
     threads: Optional[int] = option(None, "CPU threads for gguf/hf (default: all cores)")
+    logprobs: int = option(0, "Keep the teacher's log-prob of every sampled token and its top-K alternatives with the traces, for `distill train --method kd` without a teacher (K up to 20 on OpenAI-style servers; any K for hf/gguf)")
+    teacher_tokenizer: Optional[str] = option(None, "The served teacher's tokenizer (folder or hub id): maps the server's log-prob token strings to ids (vLLM returns ids itself)")
+    think: bool = option(True, "Open the teacher's answer with <think> (R1-style reasoning models); --no-think for teachers that do not reason: traces then hold the answer alone")
     trust_remote_code: bool = option(False, "Allow model repositories to run their own code")
 
     def check(self) -> None:
@@ -69,5 +72,7 @@ class GenerateConfig:
             raise UserError("max_retries/request_timeout/retry_wait: must not be negative")
         if not 0 <= self.near_duplicate <= 1:
             raise UserError("near_duplicate: must be in [0, 1]")
+        if self.logprobs < 0:
+            raise UserError("logprobs: must not be negative (0: keep none)")
         if not 0 <= self.min_pass_rate <= self.max_pass_rate <= 1:
             raise UserError("min_pass_rate/max_pass_rate: need 0 <= min <= max <= 1")

@@ -70,8 +70,8 @@ def sample_reason(row: dict, settings: FilterSettings) -> str | None:
         return "contaminated"
     if row["finish_reason"] == "length":
         return "truncated"
-    if not row["think_closed"] or not row["reasoning"].strip():
-        return "bad_format"
+    if row.get("think", True) and (not row["think_closed"] or not row["reasoning"].strip()):
+        return "bad_format"  # (a --no-think trace is its answer alone)
     if row["extracted"] is None:
         return "no_answer"
     if not row["verified"]:

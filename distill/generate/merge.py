@@ -72,6 +72,7 @@ def merge_shards(cfg) -> dict:
                 if row["id"] not in seen:
                     seen.add(row["id"])
                     rows.append(row)
+        _merge_logprobs_meta(shards, out)
         decide_all(rows, filter_settings(cfg))
         samples_path = write_jsonl(out / "samples.jsonl", rows)
         summary, paths = write_outputs(rows, out, prompts=sum(s["prompts"] for s in summaries),
@@ -84,3 +85,15 @@ def merge_shards(cfg) -> dict:
         info(f"generate --merge: {len(shards)} shards, kept {summary['kept']} of "
              f"{summary['samples']} samples -> {out / 'traces'}")
     return summary
+
+
+def _merge_logprobs_meta(shards: list[Path], out: Path) -> None:
+    """The shards' stored log-probs must be of one K and one vocabulary; their meta file goes to OUT."""
+    from distill.core.io import write_json
+    from distill.core.teacher_logprobs import META_FILE
+    metas = [read_json(shard / META_FILE) for shard in shards if (shard / META_FILE).is_file()]
+    if not metas:
+        return
+    if len(metas) != len(shards) or any(m != metas[0] for m in metas):
+        raise UserError(f"out: {out}: the shards were generated with different --logprobs settings or teachers")
+    write_json(out / META_FILE, metas[0])

@@ -114,11 +114,25 @@ def plot_summary(summary: dict, stats: list[dict], out_dir: Path) -> Path:
     return target
 
 
+def logprobs_meta(rows: list[dict], out_dir: Path) -> dict | None:
+    """K and the teacher's vocabulary probe of a --logprobs run (OUT/teacher_logprobs.json)."""
+    from distill.core.io import read_json
+    from distill.core.teacher_logprobs import META_FILE
+    if not (out_dir / META_FILE).is_file() or not any(r.get("teacher_logprobs") for r in rows):
+        return None
+    return read_json(out_dir / META_FILE)
+
+
 def write_outputs(rows: list[dict], out_dir: Path, extra: dict | None = None,
                   **summary_fields) -> tuple[dict, list[Path]]:
     stats = prompt_stats(rows)
     summary = {**summarize(rows, stats, **summary_fields), **(extra or {})}
-    paths = [write_traces(rows, out_dir), write_pass_rates(stats, out_dir)]
+    meta = logprobs_meta(rows, out_dir)
+    if meta is not None:
+        from distill.core.teacher_logprobs import TokenLogprobs
+        tokens = sum(len(TokenLogprobs.unpack(r["teacher_logprobs"]).token_ids) for r in rows if r["kept"])
+        summary["logprobs"] = {"k": meta["k"], "bytes_per_token": meta["bytes_per_token"], "kept_tokens": tokens}
+    paths = [write_traces(rows, out_dir, meta), write_pass_rates(stats, out_dir)]
     paths.append(write_json(out_dir / "summary.json", summary))
     paths.append(plot_summary(summary, stats, out_dir))
     return summary, paths

@@ -17,11 +17,14 @@ from distill.core.chat import THINK_CLOSE, THINK_OPEN
 from .filters import verify
 
 
-def sampling_record(sampling) -> dict:
+def sampling_record(sampling, think: bool = True) -> dict:
     """The settings that change what the teacher writes (`n` does not: sample i is the same
     whether 4 or 8 are asked for)."""
-    record = asdict(sampling)
+    record = asdict(sampling) | ({} if think else {"think": False})
     record.pop("n", None)
+    record.pop("sampler_logprobs", None)
+    if not record.get("logprobs"):  # the ids of samples made before --logprobs existed stay the same
+        record.pop("logprobs", None)
     return record
 
 
@@ -50,8 +53,9 @@ def parse_completion(completion, prefill: str) -> Response:
 
 
 def build_row(*, sid: str, problem: dict, user_text: str, index: int, completion, prefill: str,
-              teacher: str, sampling: dict, wall_s: float) -> dict:
-    response = parse_completion(completion, prefill)
+              teacher: str, sampling: dict, wall_s: float, think: bool = True) -> dict:
+    response = parse_completion(completion, prefill) if think else Response("", completion.text.strip(), False,
+                                                                             extract_answer(completion.text))
     return {
         "id": sid,
         "prompt_id": problem["id"],
@@ -75,6 +79,8 @@ def build_row(*, sid: str, problem: dict, user_text: str, index: int, completion
         "gen_wall_s": wall_s,
         "teacher": teacher,
         "sampling": sampling,
+        "think": think,
+        "teacher_logprobs": completion.logprobs.pack() if completion.logprobs is not None else None,
         # decided by the filters once all samples of the prompt are in
         "kept": None,
         "drop_reason": None,

@@ -40,7 +40,7 @@ from .merge import merge_shards
 from .outputs import decide_and_save, write_outputs
 from .samples import sampling_record
 from .settings import filter_settings
-from .teacher import Job, plan, sample_teacher, select_shard, shard_dir, teacher_name
+from .teacher import Job, plan, prepare_logprobs, sample_teacher, select_shard, shard_dir, teacher_name
 
 SUMMARY_FIELDS = ("prompts", "samples", "kept", "dropped", "pass_at_1", "tokens_generated", "tokens_per_second")
 
@@ -57,8 +57,9 @@ def run(cfg: GenerateConfig) -> dict:
                                               require_answer=True, demo_split="train"), cfg.shard)
         settings = filter_settings(cfg)
         sampling = Sampling(n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            top_p=cfg.top_p, seed=cfg.seed)
-        jobs = plan(problems, cfg, load_prompt_template(cfg.prompt_template), sampling_record(sampling))
+                            top_p=cfg.top_p, seed=cfg.seed, logprobs=cfg.logprobs)
+        prepare_logprobs(cfg, out)  # a teacher that cannot give them fails now, before any sampling
+        jobs = plan(problems, cfg, load_prompt_template(cfg.prompt_template), sampling_record(sampling, cfg.think))
         samples_path = out / "samples.jsonl"
         existing = _existing_samples(samples_path)
         # produce: ask the teacher for what is missing, appending as each prompt completes
@@ -72,7 +73,7 @@ def run(cfg: GenerateConfig) -> dict:
         rows = _rows_of(jobs, all_rows)
         decide_and_save(samples_path, all_rows, rows, settings)
         summary, paths = write_outputs(rows, out, prompts=len(jobs), teacher=teacher_name(cfg),
-                                       sampling=sampling_record(sampling), failures=failures,
+                                       sampling=sampling_record(sampling, cfg.think), failures=failures,
                                        ignored_rows=len(all_rows) - len(rows))
         rec.outputs = [samples_path, *paths]
         rec.result = {k: summary[k] for k in SUMMARY_FIELDS}

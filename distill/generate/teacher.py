@@ -31,9 +31,14 @@ def teacher_name(cfg) -> str:
 
 
 def plan(problems: list[dict], cfg, template: str, sampling: dict) -> list[Job]:
+    """One job per distinct problem: a problem listed twice is asked for once (its samples would
+    have the same ids)."""
     teacher = teacher_name(cfg)
-    jobs = []
+    jobs, seen = [], set()
     for problem in problems:
+        if problem["id"] in seen:
+            continue
+        seen.add(problem["id"])
         text = user_message(problem["question"], template)
         jobs.append(Job(problem, text, [sample_id(teacher, problem["id"], text, sampling, i) for i in range(cfg.n)]))
     return jobs
@@ -63,7 +68,7 @@ def load_teacher(cfg):
     else:
         options = dict(model=cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
                        max_retries=cfg.max_retries, request_timeout=cfg.request_timeout,
-                       retry_wait=cfg.retry_wait)
+                       retry_wait=cfg.retry_wait, teacher_tokenizer=cfg.teacher_tokenizer)
     target = cfg.teacher.split(":", 1)[1]
     if not target:
         raise UserError(f"teacher: '{cfg.teacher}' names no model")
@@ -92,7 +97,7 @@ def sample_teacher(cfg, jobs: list[Job], existing: dict[str, dict], sampling: Sa
     Returns the failures (requests that failed for good); their samples are simply absent, so
     the next run asks for them again."""
     teacher = teacher_name(cfg)
-    record = sampling_record(sampling)
+    record = sampling_record(sampling, cfg.think)
     dedup = Deduplicator(settings.near_duplicate)
     for row in existing.values():
         if row.get("kept"):
@@ -101,7 +106,7 @@ def sample_teacher(cfg, jobs: list[Job], existing: dict[str, dict], sampling: Sa
     failures: list[str] = []
     backend = load_teacher(cfg)
     try:
-        rendered = {n: backend.render(jobs[n].user_text) for group in runs.values() for n in group}
+        rendered = {n: backend.render(jobs[n].user_text, cfg.think) for group in runs.values() for n in group}
         clock = {"last": time.perf_counter()}
         total = sum(len(group) for group in runs.values())
         with JsonlAppender(samples_path) as out, progress_bar("generate", total) as advance:
@@ -117,7 +122,7 @@ def sample_teacher(cfg, jobs: list[Job], existing: dict[str, dict], sampling: Sa
                                     for j, c in done if c.error is not None)
                     rows = [build_row(sid=job.ids[j], problem=job.problem, user_text=job.user_text,
                                       index=j, completion=c, prefill=prefill, teacher=teacher,
-                                      sampling=record, wall_s=wall / max(len(fresh), 1))
+                                      sampling=record, wall_s=wall / max(len(fresh), 1), think=cfg.think)
                             for j, c in fresh]
                     have = [existing[sid] for sid in job.ids if sid in existing]
                     decide_prompt(have + rows, settings, dedup)
@@ -130,3 +135,35 @@ def sample_teacher(cfg, jobs: list[Job], existing: dict[str, dict], sampling: Sa
     finally:
         backend.close()
     return failures
+
+
+def prepare_logprobs(cfg, out: Path) -> dict | None:
+    """With --logprobs K: check, before any sampling, that the teacher can give its top-K log-probs
+    (a server that refuses K or returns none is one line), and record K and the teacher's ids of
+    the probe text in OUT/teacher_logprobs.json, which says which vocabulary the stored ids are in."""
+    if not cfg.logprobs:
+        return None
+    from distill.core.io import write_json
+    from distill.core.teacher_logprobs import META_FILE, PROBE, bytes_per_token
+
+    kind, target = cfg.teacher.split(":", 1)
+    if kind == "openai":
+        backend = load_teacher(cfg)
+        backend.check_logprobs(cfg.logprobs)
+        ids = backend.tokenizer(PROBE, add_special_tokens=False)["input_ids"] if backend.tokenizer else \
+            backend.server_tokenize(PROBE)
+        if ids is None:
+            raise UserError(f"teacher_tokenizer: {cfg.teacher} offers no /tokenize endpoint, so the vocabulary of "
+                            "its token ids cannot be named; give --teacher-tokenizer (the served model's tokenizer)")
+    elif kind == "hf":
+        from distill.core.tokenizers import load_tokenizer
+        ids = load_tokenizer(target, "teacher", cfg.trust_remote_code)(PROBE, add_special_tokens=False)["input_ids"]
+    else:
+        from distill.backends.llamacpp import open_llama
+        llm = open_llama(target, vocab_only=True, verbose=False)
+        ids = llm.tokenize(PROBE.encode("utf-8"), add_bos=False, special=True)
+        llm.close()
+    meta = {"k": cfg.logprobs, "teacher": teacher_name(cfg), "probe": PROBE, "probe_ids": [int(i) for i in ids],
+            "bytes_per_token": bytes_per_token(cfg.logprobs)}
+    write_json(out / META_FILE, meta)
+    return meta

@@ -43,7 +43,8 @@ class PaddedBatches:
             labels[row, :n] = labels_of(f)
             targets[row, :n] = targets_of(f)
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-                "labels": torch.from_numpy(labels), "shift_labels": torch.from_numpy(targets)}
+                "labels": torch.from_numpy(labels), "shift_labels": torch.from_numpy(targets),
+                **per_position(features)}
 
 
 class PackedBatches:
@@ -56,7 +57,32 @@ class PackedBatches:
         return {"input_ids": row([f["input_ids"] for f in features]),
                 "position_ids": row([np.arange(len(f["input_ids"])) for f in features]),
                 "labels": row([labels_of(f) for f in features]),
-                "shift_labels": row([targets_of(f) for f in features])}
+                "shift_labels": row([targets_of(f) for f in features]), **per_position(features)}
+
+
+def per_position(features: list[dict]) -> dict:
+    """What samples carry for each of their trained positions (`position_data`: name -> array
+    whose first axis is the sample's completion tokens, which are its trained positions in order),
+    concatenated in the order of the batch's `shift_labels[trained]`. A `span` array numbers spans
+    within its sample; here the numbers are made unique across the batch."""
+    if not features or "position_data" not in features[0]:
+        return {}
+    out = {}
+    for name in features[0]["position_data"]:
+        parts, offset = [], 0
+        for f in features:
+            part = np.asarray(f["position_data"][name])
+            if name == "span":
+                part = part + offset
+                offset = int(part.max()) + 1 if len(part) else offset
+            parts.append(part)
+        joined = np.concatenate(parts)
+        if joined.dtype == np.float16:  # kept compact per sample, computed with in fp32
+            joined = joined.astype(np.float32)
+        elif joined.dtype.kind == "i":
+            joined = joined.astype(np.int64)
+        out[name] = torch.from_numpy(joined)
+    return out
 
 
 def count_tokens(batch: dict) -> tuple[int, int]:

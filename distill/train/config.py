@@ -19,9 +19,10 @@ class TrainConfig:
     student: str = option("", "Student: a Hugging Face causal LM folder or hub name", input=True)
     traces: str = option("traces", "Traces: a generate folder, its traces/ dataset, samples.jsonl, or a dataset with problem/reasoning/answer", input=True)
     out: str = option("student", "Output folder (a from_pretrained-loadable model)")
-    method: str = option("sft", "sft; kd to add logit distillation from --teacher; on-policy: the student samples, --teacher scores every sampled token")
+    method: str = option("sft", "sft; kd to add logit distillation from --teacher, or without --teacher from the teacher log-probs stored with the traces (generate --logprobs); on-policy: the student samples, --teacher scores every sampled token")
     teacher: Optional[str] = option(None, "KD or on-policy teacher (same tokenizer as the student): a Hugging Face folder or hub id (hf: optional), or for on-policy openai:BASE_URL with --model", input=True)
     model: Optional[str] = option(None, "On-policy: the model name on an openai: teacher server")
+    teacher_tokenizer: Optional[str] = option(None, "On-policy: the teacher's tokenizer (folder or hub id) when it is not the student's: its chat template and tokens score the student's samples (a served teacher of another family)")
     api_key_env: Optional[str] = option(None, "On-policy: name of the environment variable holding the openai: server's API key")
     prompts: Optional[str] = option(None, "On-policy: problems to sample on, as generate's --prompts (default: the traces' problems)", input=True)
     samples_per_prompt: int = option(4, "On-policy: completions the student samples per prompt each step")
@@ -71,9 +72,12 @@ class TrainConfig:
     def check(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"method: expected one of {', '.join(METHODS)}, got '{self.method}'")
-        if self.method in ("kd", "on-policy") and not self.teacher:
-            raise UserError(f"teacher: --method {self.method} needs --teacher")
-        if self.method == "kd" and self.teacher.startswith("openai:"):
+        if self.method == "on-policy" and not self.teacher:
+            raise UserError("teacher: --method on-policy needs --teacher")
+        if self.method == "kd" and not self.teacher and (self.kd_temperature != 1.0 or self.kd_loss != "forward_kl"):
+            raise UserError("kd_temperature/kd_loss: KD from stored log-probs (no --teacher) is the forward KL at "
+                            "temperature 1: the stored top-K cannot be re-tempered without the rest of the distribution")
+        if self.method == "kd" and self.teacher and self.teacher.startswith("openai:"):
             raise UserError("teacher: kd needs the teacher's full logits, which a server does not return; "
                             "use --method on-policy with an openai: teacher")
         if self.method == "on-policy":

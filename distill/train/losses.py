@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import KD_LOSSES
+from .sparse_losses import Policy, StoredKD, policy_terms, stored_kd_sum
 
 CHUNK_LOGITS = 1 << 24  # logits per chunk: 64 MB in fp32, a few such tensors alive at once
 
@@ -100,9 +101,27 @@ class LossSpec:
     teacher_head: Optional[Head] = None
     kd: tuple = (0.5, 1.0, "forward_kl")           # alpha, temperature, kind
     chunk_logits: int = 0                          # logits per chunk (0: CHUNK_LOGITS)
+    stored: Optional[StoredKD] = None              # KD from stored top-K log-probs (no teacher loaded)
+    policy: Optional[Policy] = None                # on-policy from the teacher's sampled-token log-probs
+
+    @property
+    def has_divergence(self) -> bool:
+        return self.teacher_head is not None or self.stored is not None or self.policy is not None
+
+    def chunks(self, n: int, rows: int) -> list[slice]:
+        if self.policy is not None:
+            return self.policy.chunks(n, rows)
+        return [slice(s, min(n, s + rows)) for s in range(0, n, rows)]
 
     def terms(self, logits: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         weights = None if self.token_weights is None else self.token_weights[rows]
+        if self.policy is not None:
+            return policy_terms(logits, self.targets, self.policy, rows)
+        if self.stored is not None:
+            alpha = self.kd[0]
+            ce = cross_entropy_sum(logits, self.targets[rows], weights)
+            kd = stored_kd_sum(logits, self.stored, rows)
+            return alpha * ce + (1.0 - alpha) * kd, ce, kd
         if self.teacher_head is None:
             ce = cross_entropy_sum(logits, self.targets[rows], weights)
             return ce, ce, None
@@ -131,8 +150,7 @@ class HeadLoss(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if wanted[1] else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if wanted[2] else None
         sums = [hidden.new_zeros((), dtype=torch.float32) for _ in range(3)]
-        for start in range(0, n, rows):
-            part = slice(start, min(n, start + rows))
+        for part in spec.chunks(n, rows):
             h = hidden[part].to(weight.dtype)
             raw = F.linear(h, weight, bias)
             if any(wanted):
@@ -159,7 +177,7 @@ class HeadLoss(torch.autograd.Function):
                     sums[i] += value.detach()
         ctx.grads = [None if g is None else g.to(t.dtype) for g, t in zip((grad_h, grad_w, grad_b), (hidden, weight, bias))]
         total, ce, kd = sums
-        if spec.teacher_head is None:
+        if not spec.has_divergence:
             kd.fill_(float("nan"))
         ctx.mark_non_differentiable(ce, kd)
         return total, ce, kd
@@ -176,4 +194,4 @@ def head_loss(hidden: torch.Tensor, head: Head, spec: LossSpec):
         raise ValueError(f"token_weights: expected one weight per trained position {tuple(spec.targets.shape)}, "
                          f"got {tuple(spec.token_weights.shape)}")
     total, ce, kd = HeadLoss.apply(hidden, head.weight, head.bias, head, spec, torch.is_grad_enabled())
-    return total, ce, kd if spec.teacher_head is not None else None
+    return total, ce, kd if spec.has_divergence else None

@@ -5,49 +5,25 @@ as EOS)."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 
 from distill.core.errors import UserError
 from distill.core.io import write_json
+from distill.core.tokenizers import first_line, require_model_path
 
 from distill.core.traces import EndOfTurn
-
-_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _require_model_path(path: str, field: str) -> None:
-    if not path:
-        raise UserError(f"{field}: give a model folder or a Hugging Face model name")
-    if not Path(path).exists() and (path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(path)):
-        raise UserError(f"{field}: {path}: no such folder (nor a Hugging Face model name)")
-
-
-def load_tokenizer(path: str, field: str, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-    _require_model_path(path, field)
-    try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001 - any loader failure is a bad path or folder
-        raise UserError(f"{field}: {path}: cannot load a tokenizer ({_first_line(e)})") from None
-
 
 def load_model_config(path: str, field: str, trust_remote_code: bool):
     """The model's config, checked to be a causal language model."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    _require_model_path(path, field)
+    require_model_path(path, field)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"{field}: {path}: not a model folder ({_first_line(e)})") from None
+        raise UserError(f"{field}: {path}: not a model folder ({first_line(e)})") from None
     custom_causal = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not custom_causal:
         raise UserError(f"{field}: {path}: a '{config.model_type}' model is not a causal language model")
@@ -64,31 +40,7 @@ def load_causal_lm(path: str, field: str, dtype: torch.dtype, trust_remote_code:
                                                     trust_remote_code=trust_remote_code, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"{field}: {path}: cannot load the model weights (safetensors only): "
-                        f"{_first_line(e)}") from None
-
-
-def _tokenizer_parts(tokenizer) -> dict:
-    """What makes two tokenizers produce the same ids: vocabulary, merges, added tokens."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        model = spec.get("model") or {}
-        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
-        return {"vocabulary": model.get("vocab"), "merges": merges,
-                "special tokens": sorted((a["id"], a["content"]) for a in spec.get("added_tokens", []))}
-    return {"vocabulary": tokenizer.get_vocab(), "merges": [],
-            "special tokens": sorted((i, t) for t, i in tokenizer.get_added_vocab().items())}
-
-
-def require_same_tokenizer(student_tok, teacher_tok, teacher_path: str) -> None:
-    """KD compares next-token distributions id by id, so the teacher must tokenize exactly as the
-    student does. Embedding sizes may differ (padded vocabularies); the tokenizers may not."""
-    mine, theirs = _tokenizer_parts(student_tok), _tokenizer_parts(teacher_tok)
-    for part in ("vocabulary", "merges", "special tokens"):
-        if mine[part] != theirs[part]:
-            raise UserError(f"teacher: {teacher_path}: its tokenizer differs from the student's ({part}: "
-                            f"{len(theirs[part] or [])} vs {len(mine[part] or [])} entries); "
-                            "logit distillation needs the same tokenizer (use --method sft)")
+                        f"{first_line(e)}") from None
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str]):
@@ -98,7 +50,7 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str
         return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                                                 target_modules=targets, task_type="CAUSAL_LM"))
     except ValueError as e:
-        raise UserError(f"lora_target_modules: {_first_line(e)}") from None
+        raise UserError(f"lora_target_modules: {first_line(e)}") from None
 
 
 def merge_lora(student: str, adapter_dir: Path, dtype: torch.dtype, trust_remote_code: bool):

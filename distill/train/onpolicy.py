@@ -2,35 +2,36 @@
 several completions per prompt with its own chat template (the rendering of generate and eval),
 and the teacher scores every token the student chose.
 
-- Local teacher (a Hugging Face model of the same tokenizer, MoE included): the loss is the
+- Local teacher of the student's tokenizer (a Hugging Face model, MoE included): the loss is the
   per-token reverse KL KL(p_student || p_teacher) over the full next-token distribution at the
   sampled positions: the KD loss (`loss_sums`) of kind reverse_kl at T = 1, on the student's own
   samples instead of the teacher's text.
-- Served teacher (`openai:BASE_URL`, served_teacher.py): only the teacher's log-prob of each
-  sampled token is known. The per-token advantage is -(log p_s(x) - log p_t(x)), detached, and
-  the loss sum(-adv * log p_s(x)) is the policy-gradient step of Thinking Machines' on-policy
-  distillation; it is `loss_sums` with the advantages as `token_weights`.
+- A scorer (served_teacher.py for an OpenAI-compatible server; cross_tokenizer.py for a teacher
+  of another tokenizer, local or served): only the teacher's log-prob of each sampled token, or of
+  each span where the two tokenizations share their boundaries, is known. The loss is the
+  policy-gradient step of Thinking Machines' on-policy distillation with importance weights for
+  the sampler (sparse_losses.py `policy_terms`).
 
-Optionally `sft_weight` adds the SFT loss on the prompt's own trace. Built on the HF Trainer (a
-subclass of the SFT trainer), so checkpoints, kill-and-resume and `accelerate launch` work as for
-SFT. Sampling is seeded by the step (and process), inside a forked RNG, so a resumed run samples
-exactly what the uninterrupted one would have."""
+Every micro-batch of an optimizer step is sampled and scored when the step starts
+(`get_batch_samples`), so that the loss is normalized by the sampled tokens of the whole
+accumulated batch across processes, as SFT normalizes by its trained tokens. The loss forward runs
+with dropout off: the advantage comes from the same forward as the gradient, and dropout noise
+(LoRA's 0.05 by default) would bias it. Sampling is seeded by the step, micro-batch and process,
+inside a forked RNG, so a resumed run samples exactly what the uninterrupted one would have.
+Optionally `sft_weight` adds the SFT loss on the prompt's own trace."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from distill.backends import Sampling
 from distill.core.errors import UserError
 
 from .batching import count_tokens
-from distill.core.traces import IGNORE
-from .head import hidden_and_head
-from .losses import chunk_rows
 from .trainer import DistillTrainer, loss_sums
 
 REVERSE_KL = (0.0, 1.0, "reverse_kl")  # kd_alpha 0 (no CE on the student's own samples), T = 1
@@ -43,50 +44,70 @@ class PromptBatches:
         return {"prompt_index": torch.tensor([f["index"] for f in features], dtype=torch.long)}
 
 
-def sampled_token_logprobs(model, batch: dict) -> torch.Tensor:
-    """log p(x) of every trained token of the batch under `model`, in shift_labels[trained]
-    order, without gradients (the advantage of the policy-gradient step is a constant). The
-    head projects a chunk of positions at a time, as in the loss: never N x V logits at once."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels", "token_weights")}
-    trained = batch["shift_labels"].ne(IGNORE)
-    wanted = batch["shift_labels"][trained]
-    hidden, head = hidden_and_head(model, inputs, trained)
-    rows = chunk_rows(head.weight.shape[0])
-    with torch.no_grad():
-        return torch.cat([-F.cross_entropy(head.logits(hidden[i:i + rows]).float(), wanted[i:i + rows], reduction="none")
-                          for i in range(0, len(wanted), rows)])
-
-
 def step_seed(seed: int, *parts) -> int:
     """A sampling seed for one (step, micro-batch, process): the same on a resumed run."""
     digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
+@contextlib.contextmanager
+def no_dropout(model):
+    """Dropout layers in eval mode, the rest of the model as it is (gradient checkpointing, which
+    transformers runs only in training mode, stays on)."""
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+    for m in dropouts:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in dropouts:
+            m.train()
+
+
 class OnPolicyTrainer(DistillTrainer):
-    # Each micro-batch's loss is a mean over its own sampled tokens; the Trainer divides by the
-    # accumulation steps (the sampled token counts are not known before the batch is drawn).
-    loss_is_scaled_for_ga = False
+    # The loss is divided by the sampled tokens of the whole accumulated batch (counted when the
+    # step's rollouts are drawn), so the Trainer must not divide it again.
+    loss_is_scaled_for_ga = True
 
     def __init__(self, *args, items: list[dict], eot, sampling: Sampling, batch_collator,
-                 served=None, sft_weight: float = 0.0, **kwargs):
+                 scorer=None, sft_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.items, self.eot, self.sampling = items, eot, sampling
-        self.batch_collator, self.served, self.sft_weight = batch_collator, served, sft_weight
+        self.batch_collator, self.scorer, self.sft_weight = batch_collator, scorer, sft_weight
         self.rkl = {"sum": 0.0, "tokens": 0}
-        self.refused = 0           # sequences the served teacher tokenized differently (this session)
+        self.refused = 0           # sequences the scorer could not score as sampled (this session)
         self.sequences = 0
-        self._micro = (-1, 0)      # (global step, micro-batch index within it)
 
-    # --- sampling -------------------------------------------------------------------------
-    def _seed(self, training: bool, indices: list[int]) -> int:
+    # --- rollouts ---------------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The step's prompt batches, each turned into its scored rollouts, and the number of
+        sampled tokens of all of them on all processes."""
+        prompt_batches = []
+        for _ in range(num_batches):
+            try:
+                prompt_batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
         rank = self.args.process_index
-        if not training:  # the held-out prompts are sampled alike at every evaluation
-            return step_seed(self.args.seed, "eval", rank, tuple(indices))
-        step, micro = self._micro
-        micro = micro + 1 if step == self.state.global_step else 0
-        self._micro = (self.state.global_step, micro)
-        return step_seed(self.args.seed, "train", self.state.global_step, micro, rank)
+        batches = [self.rollout_batch(self.model, b, step_seed(self.args.seed, "train", self.state.global_step, micro,
+                                                               rank)) for micro, b in enumerate(prompt_batches)]
+        return batches, self._get_num_items_in_batch(batches, device)
+
+    def rollout_batch(self, model, prompts: dict, seed: int) -> dict:
+        indices = prompts["prompt_index"].tolist()
+        rollouts = self.sample(model, [self.items[i] for i in indices], seed)
+        if self.scorer is not None:
+            scored = self.scorer.score(rollouts)
+            self.sequences += len(rollouts)
+            self.refused += sum(s is None for s in scored)
+            kept = [(r, s) for r, s in zip(rollouts, scored) if s is not None]
+            if not kept:
+                raise UserError(f"teacher: {self.scorer.where}: none of the {len(rollouts)} sampled sequences of "
+                                "this step could be scored as sampled; the teacher's tokenizer reads them otherwise")
+            rollouts = [{**r, "position_data": {**s, "sampler": r["sampler"]}} for r, s in kept]
+        batch = self.batch_collator(rollouts)
+        batch["prompt_index"] = torch.tensor([r["prompt_index"] for r in rollouts], dtype=torch.long)
+        return batch
 
     def sample(self, model, items: list[dict], seed: int) -> list[dict]:
         from distill.backends.hf import HFBackend
@@ -94,7 +115,8 @@ class OnPolicyTrainer(DistillTrainer):
         backend = HFBackend("student", student, self.processing_class, len(items) * self.sampling.n)
         backend.eos_ids = list(dict.fromkeys([self.eot.token_id, *backend.eos_ids]))
         sampling = Sampling(n=self.sampling.n, max_new_tokens=self.sampling.max_new_tokens,
-                            temperature=self.sampling.temperature, top_p=self.sampling.top_p, seed=seed)
+                            temperature=self.sampling.temperature, top_p=self.sampling.top_p, seed=seed,
+                            sampler_logprobs=True)
         was_training = student.training
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         student.eval()
@@ -109,59 +131,42 @@ class OnPolicyTrainer(DistillTrainer):
                 ids = list(item["prompt_ids"]) + list(completion.token_ids)
                 if completion.stop_token is not None:  # the end of turn is the student's choice too
                     ids.append(completion.stop_token)
-                rollouts.append({"input_ids": np.asarray(ids, dtype=np.int32), "prompt_len": len(item["prompt_ids"])})
+                rollouts.append({"input_ids": np.asarray(ids, dtype=np.int32), "prompt_len": len(item["prompt_ids"]),
+                                 "prompt_index": item["index"], "user_text": item["user_text"],
+                                 "stopped": completion.stop_token is not None,
+                                 "sampler": np.asarray(completion.sampler_logprobs, dtype=np.float32)})
         return rollouts
-
-    def _device(self, batch: dict) -> dict:
-        return {k: v.to(self.args.device) for k, v in batch.items()}
 
     # --- the loss -------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         training = model.training
-        indices = inputs["prompt_index"].tolist()
-        items = [self.items[i] for i in indices]
-        rollouts = self.sample(model, items, self._seed(training, indices))
-        teacher_logprobs = None
-        if self.served is not None:
-            scored = self.served.score(rollouts, self.processing_class)
-            self.sequences += len(rollouts)
-            self.refused += sum(s is None for s in scored)
-            kept = [(r, s) for r, s in zip(rollouts, scored) if s is not None]
-            if not kept:
-                raise UserError(f"teacher: {self.served.where}: none of the {len(rollouts)} sampled sequences of "
-                                "this step tokenizes on the server as sampled; the server's tokenizer differs "
-                                "from the student's")
-            rollouts = [r for r, _ in kept]
-            teacher_logprobs = torch.tensor([x for _, s in kept for x in s], dtype=torch.float32)
-        batch = self._device(self.batch_collator(rollouts))
+        if "input_ids" not in inputs:  # held-out prompts: sampled alike at every evaluation
+            indices = inputs["prompt_index"].tolist()
+            seed = step_seed(self.args.seed, "eval", self.args.process_index, tuple(indices))
+            inputs = {k: v.to(self.args.device) for k, v in self.rollout_batch(model, inputs, seed).items()}
+        prompt_index = inputs.pop("prompt_index").tolist()
         if training:
-            real, positions = count_tokens(batch)
+            real, positions = count_tokens(inputs)
             self.real_tokens += real
             self.positions += positions
             self.state.num_input_tokens_seen += real
-
-        if self.served is None:
-            total, _, divergence, count = loss_sums(model, batch, self.teacher, REVERSE_KL)
-            rkl_sum = divergence.detach()
-        else:
-            student = sampled_token_logprobs(model, batch)
-            advantage = teacher_logprobs.to(student) - student  # -(log p_s - log p_t)
-            rkl_sum = -advantage.sum()
-            count = int(advantage.numel())
-            if training:
-                total, _, _, count = loss_sums(model, {**batch, "token_weights": advantage}, None)
+        with no_dropout(model):
+            if self.scorer is None:
+                total, _, divergence, count = loss_sums(model, inputs, self.teacher, REVERSE_KL)
             else:
-                total = rkl_sum
+                total, _, divergence, count = loss_sums(model, inputs)
         if not training:  # the held-out loss of on-policy training is the held-out reverse KL
-            loss = rkl_sum / count
+            loss = divergence.detach() / count
             return (loss, {}) if return_outputs else loss
-
-        loss = total / count
+        loss = total / (num_items_in_batch if num_items_in_batch is not None else count)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # devices' gradients are averaged, counts summed
         if self.sft_weight > 0:
-            traces = [it["trace"] for it in items]
-            ce, _, _, trace_tokens = loss_sums(model, self._device(self.batch_collator(traces)), None)
-            loss = loss + self.sft_weight * ce / trace_tokens
-        self.rkl["sum"] += float(rkl_sum)
+            traces = [self.items[i]["trace"] for i in dict.fromkeys(prompt_index)]
+            batch = {k: v.to(self.args.device) for k, v in self.batch_collator(traces).items()}
+            ce, _, _, trace_tokens = loss_sums(model, batch)
+            loss = loss + self.sft_weight * ce / trace_tokens / self.current_gradient_accumulation_steps
+        self.rkl["sum"] += float(divergence.detach())
         self.rkl["tokens"] += count
         return (loss, {}) if return_outputs else loss
 

@@ -44,6 +44,9 @@ def loss_history(log_history: list[dict]) -> dict:
     reverse_kl = [[row["step"], row["reverse_kl"]] for row in log_history if "reverse_kl" in row and "step" in row]
     if reverse_kl:  # on-policy: per-token reverse KL of the student's samples against the teacher
         history["reverse_kl"] = reverse_kl
+    kd = [[row["step"], row["kd"]] for row in log_history if "kd" in row and "step" in row]
+    if kd:  # logit distillation: the divergence term per trained token
+        history["kd"] = kd
     return history
 
 
@@ -89,6 +92,9 @@ def plot_losses(history: dict, path: Path, title: str) -> Path:
     if history.get("reverse_kl"):
         steps, values = zip(*history["reverse_kl"])
         ax.plot(steps, values, label="reverse KL (student samples)", color="tab:green")
+    if history.get("kd"):
+        steps, values = zip(*history["kd"])
+        ax.plot(steps, values, label="KD divergence", color="tab:purple")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per trained token")
     ax.set_title(title)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+import numpy as np
+
 from distill.backends.retry import RetriesExhausted, describe, retryable, with_retries
 from distill.core.chat import render_prompt
 from distill.core.errors import UserError
@@ -38,7 +40,11 @@ NEEDS = ("it must answer the completions API with the log-probs of a given promp
          "(text prompt with echo and logprobs; started with logits_all, its default)")
 
 
-def connect(config, tokenizer) -> "ServedTeacher":
+def connect(config, tokenizer, teacher_tokenizer=None):
+    """The openai: teacher, checked (it reads as `tokenizer`, returns log-probs of given tokens,
+    has room for the sequences) before anything heavy loads. With `teacher_tokenizer` (another
+    family's), a scorer that aligns the two tokenizations (cross_tokenizer.py): the server must
+    then take token ids and read as that tokenizer."""
     base = config.teacher.split(":", 1)[1]
     if not base.startswith(("http://", "https://")):
         raise UserError(f"teacher: {config.teacher}: expected a base URL such as openai:http://127.0.0.1:8000/v1")
@@ -49,8 +55,19 @@ def connect(config, tokenizer) -> "ServedTeacher":
             raise UserError(f"api_key_env: the environment variable {config.api_key_env} is not set")
     teacher = ServedTeacher(base, config.model, api_key, config.teacher_api, config.concurrency,
                             config.max_retries, config.request_timeout, config.retry_wait)
-    teacher.check(tokenizer)
-    return teacher
+    if teacher_tokenizer is None:
+        teacher.check(tokenizer)
+        return teacher
+    from .cross_tokenizer import CrossTokenizerScorer, teacher_end_of_turn
+    if teacher.api == "text":
+        raise UserError(f"teacher_api: a teacher of another tokenizer is scored on its own token ids, which a "
+                        f"text-only server does not take; serve it with vLLM or SGLang")
+    teacher.api = "token-ids"
+    teacher.check(teacher_tokenizer)
+    scorer = CrossTokenizerScorer(tokenizer, teacher_tokenizer, teacher_end_of_turn(teacher_tokenizer, teacher.where),
+                                  teacher.logprobs_of, teacher.where)
+    scorer.require_room, scorer.api, scorer.retries_of = teacher.require_room, teacher.api, teacher
+    return scorer
 
 
 class ServedTeacher:
@@ -65,6 +82,8 @@ class ServedTeacher:
         self.retries = 0               # retried requests over the run, for the summary and tests
         self.tokenize_route = None     # text api: (path, body field)
         self.bos_id = None             # text api: the BOS the server puts in front, if any
+        self.max_len = None            # the server's context (vLLM's /v1/models max_model_len), when it says
+        self.tokenizer = None          # the student's (same-tokenizer scoring decodes with it)
 
     # --- running requests -------------------------------------------------------------------
     def _run(self, coroutine_factory):
@@ -112,6 +131,7 @@ class ServedTeacher:
     # --- checks -------------------------------------------------------------------------------
     def check(self, tokenizer) -> None:
         import openai
+        self.tokenizer = tokenizer
         probe = render_prompt(tokenizer, PROBE_USER, think_prefill=False, where="student") + PROBE_REPLY
         ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
 
@@ -131,6 +151,7 @@ class ServedTeacher:
 
         self.api_given = self.api
         try:
+            self.max_len = self._run(self._context_length)
             choice, server_ids = self._run(probe_server)
         except openai.APIStatusError as e:
             raise UserError(f"teacher: {self.where}: the server refuses to score a given prompt ({describe(e)}); "
@@ -140,6 +161,10 @@ class ServedTeacher:
         except asyncio.TimeoutError:
             raise UserError(f"teacher: {self.where}: no answer to a scoring probe within {self.request_timeout:g} s "
                             "(--request-timeout)") from None
+        if server_ids is None and not self._echo_agrees(choice, ids, tokenizer):
+            raise UserError(f"teacher: {self.where}: its tokenizer differs from the student's, or cannot be checked (no "
+                            "tokenize endpoint, and the tokens it echoes are not the student's); on-policy distillation "
+                            "from token ids needs the student's tokenizer, or --teacher-tokenizer for another family")
         if server_ids is not None:
             lead = server_ids[:len(server_ids) - len(ids)]
             if server_ids[len(lead):] != ids or len(lead) > 1:
@@ -155,6 +180,33 @@ class ServedTeacher:
                 "or a server that takes token ids (vLLM, SGLang)")
         if self._read_logprobs(choice, ids, server_ids) is None:
             raise UserError(f"teacher: {self.where}: returns no log-probs for the tokens of a given prompt; {NEEDS}")
+
+    async def _context_length(self, client) -> int | None:
+        """The served model's context, where the server says (vLLM: max_model_len in /v1/models)."""
+        try:
+            models = await client.models.list()
+        except Exception:  # noqa: BLE001 - a server without /v1/models just does not say
+            return None
+        for entry in models.data:
+            if entry.id == self.model and isinstance(getattr(entry, "max_model_len", None), int):
+                return entry.max_model_len
+        return None
+
+    def _echo_agrees(self, choice: dict, ids: list[int], tokenizer) -> bool:
+        """Without a tokenize endpoint, the tokens a token-id server echoes must be the student's:
+        vLLM's prompt_logprobs name each token's text (`decoded_token`), echo names them in
+        `logprobs.tokens`. A token the student decodes to a partial character is not compared."""
+        texts = []
+        for j, entry in enumerate(choice.get("prompt_logprobs") or []):
+            got = (entry or {}).get(str(ids[j])) if j < len(ids) else None
+            if isinstance(got, dict) and "decoded_token" in got:
+                texts.append((j, got["decoded_token"]))
+        if not texts:
+            echoed = (choice.get("logprobs") or {}).get("tokens") or []
+            texts = [(j, t) for j, t in enumerate(echoed[:len(ids)]) if isinstance(t, str)]
+        specials = set(tokenizer.all_special_ids)
+        compared = [(j, t) for j, t in texts if ids[j] not in specials and "\ufffd" not in tokenizer.decode([ids[j]])]
+        return bool(compared) and all(tokenizer.decode([ids[j]]) == t for j, t in compared)
 
     async def _token_id_probe(self, client, ids: list[int]) -> dict:
         """llama-cpp-python answers a token-id prompt with 422 or 500, every time; a flaky server
@@ -232,10 +284,13 @@ class ServedTeacher:
             values.append(float("nan") if value is None else float(value))
         return values
 
-    def score(self, rollouts: list[dict], tokenizer) -> list[list[float] | None]:
+    def score(self, rollouts: list[dict]) -> list[dict | None]:
         """The teacher's log-prob of each completion token of each rollout ({input_ids,
-        prompt_len}), or None for a sequence the server reads as other tokens."""
+        prompt_len}), as the per-position data of the policy loss (each token its own span), or
+        None for a sequence the server reads as other tokens."""
+        tokenizer = self.tokenizer
         sequences = [(r["input_ids"].tolist(), r["prompt_len"]) for r in rollouts]
+        self.require_room(max(len(ids) for ids, _ in sequences) + 1)
 
         async def score_all(client):
             gate = asyncio.Semaphore(self.concurrency)
@@ -255,6 +310,42 @@ class ServedTeacher:
                         choice = await self._retried(lambda: self._complete(client, text))
                 values = self._read_logprobs(choice, ids, server_ids)
                 mine = None if values is None else values[prompt_len - 1:]
-                return None if mine is None or any(v != v for v in mine) else mine  # NaN: no entry
+                if mine is None or any(v != v for v in mine):  # NaN: no entry
+                    return None
+                return {"teacher": np.asarray(mine, dtype=np.float32), "span": np.arange(len(mine))}
             return await asyncio.gather(*(one(ids, n) for ids, n in sequences))
-        return self._run(score_all)
+        return self._scoring(score_all, max(len(ids) for ids, _ in sequences))
+
+    def logprobs_of(self, sequences: list[list[int]]) -> list[list[float]]:
+        """log p_teacher(ids[j] | ids[:j]) for j >= 1 of each id sequence (a token-id server)."""
+        self.require_room(max(len(ids) for ids in sequences) + 1)
+
+        async def all_of(client):
+            gate = asyncio.Semaphore(self.concurrency)
+
+            async def one(ids):
+                async with gate:
+                    choice = await self._retried(lambda: self._complete(client, ids))
+                values = self._read_logprobs(choice, ids, None)
+                if values is None or any(v != v for v in values):
+                    raise UserError(f"teacher: {self.where}: returned no log-prob for some tokens of a sequence")
+                return values
+            return await asyncio.gather(*(one(ids) for ids in sequences))
+        return self._scoring(all_of, max(len(ids) for ids in sequences))
+
+    def _scoring(self, factory, longest: int):
+        import openai
+        try:
+            return self._run(factory)
+        except openai.BadRequestError as e:  # not retried: the same request fails the same way
+            raise UserError(f"teacher: {self.where}: the server refused a sequence of up to {longest} tokens "
+                            f"({describe(e)}); its context is {self.max_len or 'unknown'} tokens: lower "
+                            "--max-new-tokens or serve a longer --max-model-len") from None
+
+    def require_room(self, length: int) -> None:
+        """A sequence of `length` tokens (prompt, completion and the one token asked for) must fit
+        the server's context: checked before training, and for every step's longest sequence."""
+        if self.max_len and length > self.max_len:
+            raise UserError(f"teacher: {self.where}: a sequence of {length} tokens (prompt + --max-new-tokens + 1) "
+                            f"does not fit the server's context of {self.max_len} tokens: lower --max-new-tokens "
+                            "or serve a longer --max-model-len")

@@ -19,6 +19,7 @@ from distill.core.config import config_dict
 from distill.core.errors import UserError
 from distill.core.io import sha256_path
 from distill.core.progress import info
+from distill.core.tokenizers import load_tokenizer, require_same_tokenizer
 from distill.core.traces import EndOfTurn, Traces, encode_traces, end_of_turn, load_traces, split_heldout
 
 from . import models
@@ -26,6 +27,7 @@ from .attention import use_packed_attention
 from .batching import PackedBatches, PaddedBatches, TraceDataset
 from .checkpoints import MarkCompleteCheckpoints
 from .config import TrainConfig
+from .cross_tokenizer import CrossTokenizerScorer, local_logprobs, teacher_end_of_turn
 from .estimate import GB, describe, for_run, what_to_change
 from .onpolicy import OnPolicyTrainer, PromptBatches
 from .onpolicy_setup import OnPolicyData, local_teacher_path, on_policy_sampling, prepare_on_policy
@@ -71,19 +73,23 @@ def prepare(config: TrainConfig) -> TrainData:
                         "(use adamw there, or plain data-parallel accelerate for muon)")
     where = f"student: {config.student}"
     traces = None if on_policy and config.prompts else load_traces(config.traces, config.prompt_template)
-    tokenizer = models.load_tokenizer(config.student, "student", config.trust_remote_code)
+    tokenizer = load_tokenizer(config.student, "student", config.trust_remote_code)
     eot = end_of_turn(tokenizer, where)
     student_config = models.load_model_config(config.student, "student", config.trust_remote_code)
     served = on_policy and config.teacher.startswith("openai:")
-    teacher_path = local_teacher_path(config.teacher) if config.method != "sft" and not served else None
+    teacher_path = local_teacher_path(config.teacher) if config.teacher and config.method != "sft" and not served else None
     teacher_config = None
     if teacher_path:
         teacher_config = models.load_model_config(teacher_path, "teacher", config.trust_remote_code)
-        teacher_tokenizer = models.load_tokenizer(teacher_path, "teacher", config.trust_remote_code)
-        models.require_same_tokenizer(tokenizer, teacher_tokenizer, config.teacher)
+        if not on_policy:  # logit KD compares the distributions id by id (on-policy aligns spans instead)
+            teacher_tokenizer = load_tokenizer(teacher_path, "teacher", config.trust_remote_code)
+            require_same_tokenizer(tokenizer, teacher_tokenizer, config.teacher)
+    stored = config.method == "kd" and not config.teacher
+    if stored:
+        require_stored_logprobs(traces, tokenizer, config.traces)
     samples, too_long = [], 0
     if traces is not None:
-        samples, too_long = encode_traces(tokenizer, traces.rows, eot, config.max_seq_len, where)
+        samples, too_long = encode_traces(tokenizer, traces.rows, eot, config.max_seq_len, where, stored=stored)
         if not samples:
             raise UserError(f"max_seq_len: all {too_long} traces are longer than {config.max_seq_len} tokens")
     _require_scheduler(config.lr_scheduler)
@@ -95,6 +101,23 @@ def prepare(config: TrainConfig) -> TrainData:
     else:
         data.train, data.heldout = split_heldout(samples, config.eval_fraction, config.seed)
     return data
+
+
+def require_stored_logprobs(traces: Traces, tokenizer, source: str) -> None:
+    """KD from stored log-probs needs them on every trace, and in the student's vocabulary: the
+    teacher's ids of the probe text must be the student's."""
+    from distill.core.teacher_logprobs import PROBE
+    meta = traces.logprobs_meta
+    missing = sum(row["logprobs"] is None for row in traces.rows)
+    if meta is None or missing:
+        raise UserError(f"traces: {source}: {'no trace holds' if meta is None else f'{missing} traces lack'} stored "
+                        "teacher log-probs (generate them with `distill generate --logprobs K`), which --method kd "
+                        "without --teacher trains from")
+    mine = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    if list(meta["probe_ids"]) != list(mine):
+        raise UserError(f"traces: {source}: the stored log-probs are in another vocabulary than the student's "
+                        f"({meta.get('teacher')}: the probe text is {len(meta['probe_ids'])} teacher tokens, "
+                        f"{len(mine)} student tokens); KD from stored log-probs needs the student's tokenizer")
 
 
 def device_settings(config: TrainConfig) -> Device:
@@ -154,9 +177,15 @@ def build_trainer(config: TrainConfig, data: TrainData, device: Device, checkpoi
                   callbacks=[MarkCompleteCheckpoints(fingerprint), clock, RichProgress()])
     if data.on_policy is not None:
         args.include_num_input_tokens_seen = "no"  # the trainer counts the sampled tokens itself
+        scorer = data.on_policy.scorer
+        if data.on_policy.cross_tokenizer and teacher is not None:  # a local teacher of another tokenizer
+            scorer = CrossTokenizerScorer(data.tokenizer, data.on_policy.teacher_tokenizer,
+                                          teacher_end_of_turn(data.on_policy.teacher_tokenizer, config.teacher),
+                                          local_logprobs(teacher.to(args.device).eval()), config.teacher)
+            common["teacher"] = None  # it scores sampled spans, not full distributions
         trainer = OnPolicyTrainer(**common, data_collator=PromptBatches(), items=data.on_policy.items,
                                   eot=data.eot, sampling=on_policy_sampling(config), batch_collator=collator,
-                                  served=data.on_policy.served, sft_weight=config.sft_weight)
+                                  scorer=scorer, sft_weight=config.sft_weight)
     else:
         trainer = DistillTrainer(**common, data_collator=collator, kd_alpha=config.kd_alpha,
                                  kd_temperature=config.kd_temperature, kd_loss=config.kd_loss)

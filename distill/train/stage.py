@@ -80,7 +80,15 @@ def summarize(config: TrainConfig, data: TrainData, device: Device, trainer, clo
                                data_info, {"train": len(data.train), "heldout": len(data.heldout),
                                            "too_long": data.too_long})
     if data.on_policy is not None:
-        summary["on_policy"] = on_policy_summary(config, trainer)
+        summary["on_policy"] = on_policy_summary(config, trainer, data.on_policy.cross_tokenizer)
+    if config.method == "kd":
+        summary["kd_source"] = "teacher" if config.teacher else "stored"
+    if summary.get("kd_source") == "stored":
+        matched, trained = trainer.stored_positions["matched"], trainer.stored_positions["trained"]
+        summary["stored_logprobs"] = {"k": data.traces.logprobs_meta["k"], "positions_matched": matched,
+                                      "positions_unmatched": trained - matched,
+                                      "bytes_per_token": data.traces.logprobs_meta["bytes_per_token"]}
+        info(f"stored KD: the stored ids fit {matched} of {trained} trained positions (the rest trained on CE only)")
     summary["peak_memory"] = {
         "mb": round(max(peak, peak_memory_mb(device.gpu)), 1), "processes": device.world,
         "measure": "torch.cuda.max_memory_allocated" if device.gpu else "process peak RSS",

@@ -20,24 +20,37 @@ from .batching import count_tokens
 from distill.core.traces import IGNORE
 from .head import loss_from_model, hidden_and_head
 from .losses import LossSpec
+from .sparse_losses import Policy, StoredKD
+
+
+# Batch entries that are loss inputs, not model inputs (batching.per_position makes the last six).
+LOSS_INPUTS = ("labels", "shift_labels", "token_weights", "stored_ids", "stored_logprobs", "stored_mask",
+               "teacher", "span", "sampler")
 
 
 def loss_sums(model, batch: dict, teacher=None, kd: tuple = (0.5, 1.0, "forward_kl")):
-    """(loss, CE, KD divergence, trained tokens) of one batch, each summed over its trained
-    tokens; without a teacher the loss is the CE and the other two are None. An optional
-    `batch["token_weights"]` (one float per trained position, in the order of
-    shift_labels[trained]) multiplies each position's CE term.
+    """(loss, CE, divergence, trained tokens) of one batch, each summed over its trained tokens;
+    without a teacher signal the loss is the CE and the divergence None. The signal is a local
+    `teacher` model (logit KD, or on-policy reverse KL at kind reverse_kl), the stored top-K
+    log-probs in the batch (`stored_*`), or the teacher's log-probs of the sampled tokens
+    (`teacher`, with `span` and `sampler`: sparse_losses.py). An optional `batch["token_weights"]`
+    (one float per trained position, in the order of shift_labels[trained]) multiplies each
+    position's CE term.
 
     The logits are never held whole: the final hidden states of the trained positions go to
     head.py, which projects them onto the vocabulary a chunk at a time (memory independent of
     tokens x vocabulary); the teacher's logits are made chunk by chunk from its hidden states."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels", "token_weights")}
+    inputs = {k: v for k, v in batch.items() if k not in LOSS_INPUTS}
     trained = batch["shift_labels"].ne(IGNORE)
     spec = LossSpec(batch["shift_labels"][trained], batch.get("token_weights"), kd=kd)
+    if "stored_ids" in batch:
+        spec.stored = StoredKD(batch["stored_ids"], batch["stored_logprobs"], batch["stored_mask"])
+    if "teacher" in batch:
+        spec.policy = Policy(batch["teacher"], batch.get("span"), batch.get("sampler"))
     if teacher is not None:
         spec.teacher_hidden, spec.teacher_head = hidden_and_head(teacher, inputs, trained)
     total, ce, divergence = loss_from_model(model, inputs, trained, spec)
-    if teacher is None:
+    if divergence is None:  # plain SFT: the loss is the CE
         return total, None, None, int(spec.targets.numel())
     return total, ce, divergence, int(spec.targets.numel())
 
@@ -57,6 +70,7 @@ class DistillTrainer(Trainer):
         self.real_tokens = 0      # this process, this session: for tokens/s and padding
         self.positions = 0
         self.parts = {"ce": 0.0, "kd": 0.0, "tokens": 0}
+        self.stored_positions = {"matched": 0, "trained": 0}  # stored KD: positions the stored ids fit
         if teacher is not None:
             self.teacher = teacher.to(self.args.device).eval()
             self.teacher.requires_grad_(False)
@@ -73,6 +87,9 @@ class DistillTrainer(Trainer):
             self.real_tokens += real
             self.positions += positions
         total, ce, kd, count = loss_sums(model, inputs, self.teacher, self.kd)
+        if model.training and "stored_mask" in inputs:
+            self.stored_positions["matched"] += int(inputs["stored_mask"].sum())
+            self.stored_positions["trained"] += count
         if model.training and kd is not None:
             self.parts["ce"] += ce.item()
             self.parts["kd"] += kd.item()

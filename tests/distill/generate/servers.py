@@ -81,12 +81,14 @@ class FakeOpenAI:
     def __init__(self, respond: Callable[[str, dict], dict] = default_respond,
                  faults: dict[str, float] | None = None, seed: int = 0, delay: float = 0.0,
                  stall_s: float = 3.0, reject_seed: bool = False, api_key: str | None = None,
-                 usage: bool = True, fail_when: Callable[[str], bool] | None = None):
+                 usage: bool = True, fail_when: Callable[[str], bool] | None = None,
+                 logprobs: bool = False, max_logprobs: int = 20):
         self.respond, self.faults = respond, dict(faults or {})
         self.fail_when = fail_when  # user text -> answer HTTP 500, every time
         self.rng, self.lock = random.Random(seed), threading.Lock()
         self.delay, self.stall_s = delay, stall_s
         self.reject_seed, self.api_key, self.usage = reject_seed, api_key, usage
+        self.logprobs, self.max_logprobs = logprobs, max_logprobs  # answer `logprobs` requests (vLLM's cap)
         self.requests = 0
         self.served: Counter = Counter()       # (user text, seed) -> successful responses
         self.faults_served: Counter = Counter()
@@ -135,6 +137,9 @@ class FakeOpenAI:
             return handler._json(401, {"error": {"message": "Invalid API key", "type": "auth"}})
         if self.reject_seed and "seed" in body:
             return handler._json(400, {"error": {"message": "Unrecognized request argument supplied: seed"}})
+        if body.get("logprobs") and body.get("top_logprobs", 0) > self.max_logprobs:
+            return handler._json(400, {"error": {"message": f"Requested sample logprobs of {body['top_logprobs']}, which "
+                                                 f"is greater than max allowed: {self.max_logprobs}", "code": 400}})
         fault = self._roll()
         if self.fail_when is not None and self.fail_when(body["messages"][-1]["content"]):
             fault = "error500"
@@ -168,22 +173,29 @@ class FakeOpenAI:
         tokens = answer.get("completion_tokens", len((reasoning or "").split()) + len(content.split()))
         usage = {"prompt_tokens": len(user.split()), "completion_tokens": tokens,
                  "total_tokens": len(user.split()) + tokens}
+        want_logprobs = self.logprobs and body.get("logprobs")
         if not stream:
             message = {"role": "assistant", "content": content}
             if reasoning is not None:
                 message[channel] = reasoning
             with self.lock:
                 self.served[(user, body.get("seed"))] += 1
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+            if want_logprobs:
+                choice["logprobs"] = {"content": _char_logprobs(content, body)}
             return handler._json(200, {"id": "x", "object": "chat.completion", "created": 0,
                                        "model": body.get("model"), "usage": usage if self.usage else None,
-                                       "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
+                                       "choices": [choice]})
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.end_headers()
 
         def event(delta: dict, finish_reason=None, usage_=None, choices=True):
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            if want_logprobs and delta.get("content"):
+                choice["logprobs"] = {"content": _char_logprobs(delta["content"], body)}
             chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"),
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if choices else []}
+                     "choices": [choice] if choices else []}
             if usage_ is not None:
                 chunk["usage"] = usage_
             handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -207,6 +219,18 @@ class FakeOpenAI:
                 self.served[(user, body.get("seed"))] += 1
         except OSError:
             return None
+
+
+def _char_logprobs(text: str, body: dict) -> list[dict]:
+    """Log-prob entries of a text whose every character is a token of id ord(c), as vLLM shapes them
+    (token strings "token_id:N" when asked for ids)."""
+    as_ids = bool(body.get("return_tokens_as_token_ids"))
+
+    def token(c: str, logprob: float) -> dict:
+        return {"token": f"token_id:{ord(c)}" if as_ids else c, "logprob": logprob, "bytes": list(c.encode())}
+    k = int(body.get("top_logprobs") or 0)
+    return [{**token(c, -0.25), "top_logprobs": [token(chr(ord(c) + i), -0.25 - i) for i in range(k)]}
+            for c in text]
 
 
 def _split(text: str, parts: int = 3) -> list[str]:

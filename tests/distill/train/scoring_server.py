@@ -22,12 +22,13 @@ from tests.distill.generate.servers import JSONHandler, serve
 
 class VLLMStyleScorer:
     def __init__(self, gguf: Path, faults: dict[str, float] | None = None, seed: int = 0, stall_s: float = 3.0,
-                 prompt_logprobs: bool = True):
+                 prompt_logprobs: bool = True, tokenize: bool = True, max_model_len: int | None = None):
         from llama_cpp import Llama
         self.llm = Llama(model_path=str(gguf), n_ctx=1024, logits_all=True, n_threads=1, n_threads_batch=1,
                          verbose=False)
         self.faults, self.rng, self.stall_s = dict(faults or {}), random.Random(seed), stall_s
         self.prompt_logprobs = prompt_logprobs  # False: a server that scores nothing
+        self.tokenize, self.max_model_len = tokenize, max_model_len  # no /tokenize; vLLM's context limit
         self.lock = threading.Lock()
         self.scored: Counter = Counter()      # tuple(ids) -> successful answers
         self.faults_served: Counter = Counter()
@@ -43,14 +44,24 @@ class VLLMStyleScorer:
         class Handler(JSONHandler):
             models = ("teacher",)
 
+            def do_GET(self):
+                entry = {"id": "teacher", "object": "model", "max_model_len": scorer.max_model_len}
+                self._json(200, {"object": "list", "data": [entry]})
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if self.path == "/tokenize" and not scorer.tokenize:
+                    return self._json(404, {"error": {"message": "not found"}})
                 if self.path == "/tokenize":
                     with scorer.lock:
                         tokens = scorer.llm.tokenize(body["prompt"].encode(), add_bos=False, special=True)
                     return self._json(200, {"tokens": tokens, "count": len(tokens)})
                 if self.path != "/v1/completions":
                     return self._json(404, {"error": {"message": "not found"}})
+                if scorer.max_model_len and isinstance(body["prompt"], list) and \
+                        len(body["prompt"]) + body.get("max_tokens", 1) > scorer.max_model_len:
+                    return self._json(400, {"error": {"message": f"This model's maximum context length is "
+                                                      f"{scorer.max_model_len} tokens.", "code": 400}})
                 fault = scorer._roll()
                 if fault == "error500":
                     return self._json(500, {"error": {"message": "internal error"}})
@@ -94,7 +105,7 @@ class VLLMStyleScorer:
         for j in range(1, len(ids)):
             row = logprobs[j - 1]
             entries.append({str(ids[j]): {"logprob": float(row[ids[j]]), "rank": int((row > row[ids[j]]).sum()) + 1,
-                                          "decoded_token": ""}})
+                                          "decoded_token": self.llm.detokenize([ids[j]], special=True).decode("utf-8", "replace")}})
         choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}
         if self.prompt_logprobs and body.get("prompt_logprobs") is not None:
             choice["prompt_logprobs"] = entries

@@ -4,7 +4,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from distill.core.errors import UserError
-from distill.train.models import load_model_config, require_same_tokenizer
+from distill.core.tokenizers import require_same_tokenizer
+from distill.train.models import load_model_config
 
 from tests.conftest import DEMO_TOKENIZER
 

@@ -28,7 +28,7 @@ from distill.core.config import build_config
 from distill.core.errors import UserError
 from distill.train.stage import run
 from distill.train.config import TrainConfig
-from distill.train.onpolicy import REVERSE_KL, sampled_token_logprobs
+from distill.train.onpolicy import REVERSE_KL
 from distill.train.served_teacher import ServedTeacher
 from distill.train.trainer import loss_sums
 from tests.conftest import build_tiny_model
@@ -166,21 +166,62 @@ def test_full_distribution_reverse_kl_matches_a_hand_computation():
     assert total.item() == pytest.approx(expected, rel=1e-6) and divergence.item() == pytest.approx(expected, rel=1e-6)
 
 
+def _policy_batch(**extra):
+    batch = _handwritten_batch()
+    batch.update({k: torch.tensor(v) for k, v in extra.items()})
+    return batch
+
+
 def test_sampled_token_policy_gradient_matches_a_hand_computation():
-    student, batch = FixedLogits(STUDENT), _handwritten_batch()
+    """The advantage and the loss come from one forward inside the head (no second pass reading
+    the head's weight): loss = -sum (log p_t - log p_s) log p_s, gradient -a (onehot - p)."""
+    student = FixedLogits(STUDENT)
     sampled = [(1, 2), (2, 0)]  # (position, sampled token)
     log_s = [math.log(_softmax(STUDENT[i])[x]) for i, x in sampled]
     log_t = [math.log(_softmax(TEACHER[i])[x]) for i, x in sampled]
-    advantage = [-(s - t) for s, t in zip(log_s, log_t)]
-    assert sampled_token_logprobs(student, batch).tolist() == pytest.approx(log_s, rel=1e-6)
-
-    total, _, _, count = loss_sums(student, {**batch, "token_weights": torch.tensor(advantage)})
+    advantage = [t - s for s, t in zip(log_s, log_t)]
+    total, _, divergence, count = loss_sums(student, _policy_batch(teacher=log_t))
     assert count == 2 and total.item() == pytest.approx(sum(-a * s for a, s in zip(advantage, log_s)), rel=1e-6)
+    assert divergence.item() == pytest.approx(sum(s - t for s, t in zip(log_s, log_t)), rel=1e-6)
     total.backward()
     for (position, token), a in zip(sampled, advantage):  # d/dz of -a log softmax(z)[x] = -a (onehot - p)
         p = _softmax(STUDENT[position])
         expected = [-a * ((1.0 if v == token else 0.0) - p[v]) for v in range(3)]
         assert student.table_grad[position].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_sampling_at_another_temperature_is_corrected_by_importance_weights():
+    """Tokens drawn at temperature 0.5 (and top-p) come from q, not from the learner p: each term is
+    weighed by W = p(x) / q(x), for the gradient and for the logged reverse KL (hand-computed)."""
+    student = FixedLogits(STUDENT)
+    sampled = [(1, 2), (2, 0)]
+    log_s = [math.log(_softmax(STUDENT[i])[x]) for i, x in sampled]
+    log_t = [math.log(_softmax(TEACHER[i])[x]) for i, x in sampled]
+    log_q = [math.log(_softmax([2 * v for v in STUDENT[i]])[x]) for i, x in sampled]  # T = 0.5
+    w = [math.exp(s - q) for s, q in zip(log_s, log_q)]
+    total, _, divergence, _ = loss_sums(student, _policy_batch(teacher=log_t, sampler=log_q))
+    assert total.item() == pytest.approx(sum(-wi * (t - s) * s for wi, s, t in zip(w, log_s, log_t)), rel=1e-6)
+    assert divergence.item() == pytest.approx(sum(wi * (s - t) for wi, s, t in zip(w, log_s, log_t)), rel=1e-6)
+    total.backward()
+    for (position, token), wi, s, t in zip(sampled, w, log_s, log_t):
+        p = _softmax(STUDENT[position])
+        expected = [-wi * (t - s) * ((1.0 if v == token else 0.0) - p[v]) for v in range(3)]
+        assert student.table_grad[position].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_one_span_of_two_tokens_shares_one_advantage():
+    """Across tokenizers a span's advantage is log p_t(span) - log p_s(span), given to each of its
+    student tokens; with one token per span that is the per-token form above."""
+    sampled = [(1, 2), (2, 0)]
+    log_s = [math.log(_softmax(STUDENT[i])[x]) for i, x in sampled]
+    teacher_span = -1.25  # the teacher's log-prob of the whole span (its own tokens summed)
+    advantage = teacher_span - sum(log_s)
+    total, _, divergence, _ = loss_sums(FixedLogits(STUDENT), _policy_batch(teacher=[teacher_span] * 2, span=[0, 0]))
+    assert total.item() == pytest.approx(-advantage * sum(log_s), rel=1e-6)
+    assert divergence.item() == pytest.approx(sum(log_s) - teacher_span, rel=1e-6)
+    per_token = loss_sums(FixedLogits(STUDENT), _policy_batch(teacher=[-0.5, -0.75], span=[0, 1]))[0]
+    same = loss_sums(FixedLogits(STUDENT), _policy_batch(teacher=[-0.5, -0.75]))[0]
+    assert per_token.item() == pytest.approx(same.item(), rel=1e-7)
 
 
 # --- local teacher ---------------------------------------------------------------------------
@@ -202,12 +243,14 @@ def test_reverse_kl_to_a_local_moe_teacher_goes_down(tiny_model, tmp_path):
     assert (out / "loss.png").stat().st_size > 0 and (out / "model.safetensors").is_file()
 
 
-def test_a_teacher_with_another_tokenizer_is_refused(tiny_model, tmp_path, bos_models):
+def test_a_local_teacher_with_another_tokenizer_trains_on_spans(tiny_model, tmp_path, bos_models):
     student = tiny_model("qwen2")
     traces = write_jsonl(tmp_path / "traces.jsonl", trace_rows(4))
-    with pytest.raises(UserError, match="tokenizer differs"):
-        run(_config(student=str(student), teacher=str(bos_models[1]), traces=str(traces), out=str(tmp_path / "o"),
-                    max_steps=1))
+    run(_config(student=str(student), teacher=str(bos_models[1]), traces=str(traces), out=str(tmp_path / "o"),
+                max_steps=2))
+    summary = json.loads((tmp_path / "o" / "train_summary.json").read_text())
+    assert summary["on_policy"]["cross_tokenizer"] is True
+    assert summary["on_policy"]["sequences_refused"] == 0 and summary["loss_history"]["reverse_kl"]
 
 
 # --- served teachers -------------------------------------------------------------------------
@@ -220,11 +263,12 @@ def test_token_id_server_log_probs_equal_the_in_process_teacher(dense_teacher):
         teacher = ServedTeacher(server.url, "teacher", "EMPTY")
         teacher.check(tokenizer)
         assert teacher.api == "token-ids"
-        scores = teacher.score(sequences, tokenizer)
+        scores = teacher.score(sequences)
     for seq, got in zip(sequences, scores):
         ids = seq["input_ids"].tolist()
         expected = _in_process_logprobs(folder, ids)[seq["prompt_len"] - 1:]
-        assert got is not None and len(got) == len(ids) - seq["prompt_len"]
+        assert got is not None and len(got["teacher"]) == len(ids) - seq["prompt_len"]
+        got = got["teacher"]
         assert np.allclose(got, expected, atol=2e-3), np.abs(np.subtract(got, expected)).max()
 
 
@@ -236,12 +280,12 @@ def test_llama_cpp_text_server_log_probs_equal_the_in_process_teacher(bos_models
         teacher = ServedTeacher(url, "teacher", "EMPTY")
         teacher.check(tokenizer)
         assert teacher.api == "text"  # it answered the token-id prompt with an error
-        scores = teacher.score(sequences + [_split_one_token(tokenizer, sequences[0])], tokenizer)
+        scores = teacher.score(sequences + [_split_one_token(tokenizer, sequences[0])])
     assert scores[-1] is None  # the server reads other tokens than those sampled: refused, not trained on
     for seq, got in zip(sequences, scores):
         ids = seq["input_ids"].tolist()
         expected = _in_process_logprobs(folder, ids)[seq["prompt_len"] - 1:]
-        assert got is not None and np.allclose(got, expected, atol=2e-3), got
+        assert got is not None and np.allclose(got["teacher"], expected, atol=2e-3), got
 
 
 def test_a_text_server_without_bos_is_refused_with_the_reason(dense_teacher, tmp_path):
@@ -369,3 +413,125 @@ train:
     assert [again[k]["status"] for k in ("train.sft", "train")] == ["skipped", "skipped"]
     reseeded = run_pipeline(PipelineConfig(str(pipeline), str(out), seed=8))
     assert [reseeded[k]["status"] for k in ("train.sft", "train")] == ["ran", "ran"]
+
+
+# --- the served path's defects, each fixed ---------------------------------------------------
+
+def test_a_server_context_too_short_is_refused_before_training(tiny_model, dense_teacher, tmp_path):
+    student = tiny_model("qwen2")
+    traces = write_jsonl(tmp_path / "traces.jsonl", trace_rows(4))
+    with VLLMStyleScorer(dense_teacher[1], max_model_len=100) as server:
+        result = CliRunner().invoke(cli.app, ["train", "--method", "on-policy", "--student", str(student),
+                                              "--teacher", f"openai:{server.url}", "--model", "teacher",
+                                              "--traces", str(traces), "--out", str(tmp_path / "o"),
+                                              "--max-new-tokens", "200", "--max-steps", "1", "--quiet"])
+        assert server.scored == {} or sum(server.scored.values()) <= 1  # the probe only: no step was scored
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "does not fit the server's context of 100 tokens" in lines[0]
+    assert not (tmp_path / "o" / "train_summary.json").exists()
+
+
+def test_a_sequence_the_server_refuses_mid_run_is_one_line_naming_lengths(dense_teacher):
+    folder, gguf = dense_teacher
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    sequences = _trace_sequences(tokenizer, 2)
+    with VLLMStyleScorer(gguf) as server:
+        teacher = ServedTeacher(server.url, "teacher", "EMPTY")
+        teacher.check(tokenizer)
+        server.max_model_len = 20  # the server's limit, which it did not announce
+        with pytest.raises(UserError, match=r"refused a sequence of up to \d+ tokens .*HTTP 400.*maximum context"):
+            teacher.score(sequences)
+
+
+def test_a_token_id_server_without_tokenize_is_checked_through_its_echoed_tokens(tiny_model, dense_teacher):
+    student_tokenizer = AutoTokenizer.from_pretrained(tiny_model("qwen2"))
+    smollm2_teacher = _gguf(tiny_model("llama", seed=7))  # SmolLM2's vocabulary, no /tokenize
+    with VLLMStyleScorer(smollm2_teacher, tokenize=False) as server:
+        with pytest.raises(UserError, match="tokenizer differs"):
+            ServedTeacher(server.url, "teacher", "EMPTY").check(student_tokenizer)
+    with VLLMStyleScorer(dense_teacher[1], tokenize=False) as server:  # the student's vocabulary
+        teacher = ServedTeacher(server.url, "teacher", "EMPTY")
+        teacher.check(student_tokenizer)
+        assert teacher.api == "token-ids"
+
+
+def _fixed_rollouts(monkeypatch):
+    """Every prompt's rollout is its own trace, whatever the seed: completions of different
+    lengths, the same in every run."""
+    from distill.train import onpolicy
+
+    def sample(self, model, items, seed):
+        out = []
+        for item in items:
+            trace = item["trace"]
+            out.append({"input_ids": trace["input_ids"], "prompt_len": trace["prompt_len"],
+                        "prompt_index": item["index"], "user_text": item["user_text"], "stopped": True,
+                        "sampler": np.zeros(len(trace["input_ids"]) - trace["prompt_len"], dtype=np.float32)})
+        return out
+    monkeypatch.setattr(onpolicy.OnPolicyTrainer, "sample", sample)
+
+
+def _first_step_gradient(student, teacher, traces, out, monkeypatch, **values) -> dict:
+    from transformers import TrainerCallback
+
+    grads = {}
+
+    class Grab(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if not grads:
+                grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    from distill.train import setup
+    real = setup.build_trainer
+
+    def with_grab(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        trainer.add_callback(Grab())
+        return trainer
+    monkeypatch.setattr(setup, "build_trainer", with_grab)
+    from distill.train import stage
+    monkeypatch.setattr(stage, "build_trainer", with_grab)
+    run(_config(student=str(student), teacher=str(teacher), traces=str(traces), out=str(out), max_steps=1,
+                lr=1e-9, max_grad_norm=0.0, **values))
+    return grads
+
+
+def test_the_loss_is_normalized_by_the_sampled_tokens_of_the_whole_accumulated_batch(tiny_model, tmp_path,
+                                                                                        monkeypatch):
+    """Two micro-batches of one prompt each give the gradient of one batch of both prompts: each
+    sampled token weighs the same, however the tokens fall into micro-batches (a per-micro-batch
+    mean would weigh the tokens of the shorter completion more)."""
+    _fixed_rollouts(monkeypatch)
+    student, teacher = tiny_model("qwen2"), tiny_model("qwen3_moe", seed=1, initializer_range=0.1)
+    rows = trace_rows(2)
+    rows[1]["reasoning"] = rows[1]["reasoning"] + "\n" + rows[1]["reasoning"]  # a longer completion
+    traces = write_jsonl(tmp_path / "traces.jsonl", rows)
+    one = _first_step_gradient(student, teacher, traces, tmp_path / "one", monkeypatch, batch_size=2, grad_accum=1,
+                               samples_per_prompt=1)
+    two = _first_step_gradient(student, teacher, traces, tmp_path / "two", monkeypatch, batch_size=1, grad_accum=2,
+                               samples_per_prompt=1)
+    assert one and one.keys() == two.keys()
+    worst = max((one[n] - two[n]).abs().max().item() / (one[n].abs().max().item() + 1e-12) for n in one)
+    assert worst < 1e-4, worst
+
+
+def test_the_on_policy_forward_has_no_dropout(tiny_model, tmp_path):
+    """LoRA's dropout (0.05) would make the advantage of a sample depend on the dropout mask: the
+    same rollouts give the same loss twice in training mode."""
+    from distill.train.setup import TrainData
+    from distill.train.stage import prepare, device_settings, build_trainer
+    from distill.train.trainer import StepClock
+
+    student, teacher = tiny_model("qwen2"), tiny_model("qwen3_moe", seed=1, initializer_range=0.1)
+    traces = write_jsonl(tmp_path / "traces.jsonl", trace_rows(4))
+    config = _config(student=str(student), teacher=str(teacher), traces=str(traces), out=str(tmp_path / "o"),
+                     lora=True, lora_dropout=0.5, max_steps=1)
+    data: TrainData = prepare(config)
+    trainer = build_trainer(config, data, device_settings(config), tmp_path / "ck", "x", StepClock())
+    model = trainer.model
+    model.train()
+    batch = trainer.rollout_batch(model, {"prompt_index": torch.tensor([0, 1])}, seed=1)
+    losses = [trainer.compute_loss(model, dict(batch), num_items_in_batch=None).item() for _ in range(3)]
+    assert losses[0] == losses[1] == losses[2]
+    assert any(m.training for m in model.modules() if isinstance(m, torch.nn.Dropout))  # restored after

@@ -22,13 +22,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("tied,head_alone", [("tied", "root"), ("untied", "head-alone")])
-def test_fsdp2_gradients_equal_the_full_computation(tiny_model, tmp_path, tied, head_alone):
+@pytest.mark.parametrize("tied,head_alone,loss", [("tied", "root", "sft"), ("untied", "head-alone", "sft"),
+                                                   ("untied", "head-alone", "policy"), ("tied", "root", "policy")])
+def test_fsdp2_gradients_equal_the_full_computation(tiny_model, tmp_path, tied, head_alone, loss):
+    """`policy`: the on-policy loss from a served teacher's log-probs, whose advantage needs the
+    student's log-prob of each sampled token: computed inside the head's forward, where the head's
+    weight is whole (read after the forward, it was an empty shard with the head its own unit)."""
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(_free_port()), str(Path(__file__).with_name("fsdp_worker.py")),
-                           str(tiny_model("qwen2")), tied, head_alone, str(out)],
+                           str(tiny_model("qwen2")), tied, head_alone, str(out), *([loss] if loss == "policy" else [])],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
