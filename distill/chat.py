@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 from distill.backends import Completion, Sampling, load_checked, parse_spec
-from distill.core.chat import THINK_CLOSE, THINK_OPEN, prefill_of
+from distill.backends.recorded import recorded_prompt
+from distill.core.chat import THINK_CLOSE, THINK_OPEN, load_prompt_template, prefill_of, user_message
 from distill.core.config import option
 from distill.core.errors import UserError
 
@@ -29,7 +30,8 @@ class ChatConfig:
     model: str = option("", "A .gguf file, an ONNX folder, a Hugging Face folder, or an openai: URL (as eval takes)")
     prompt: Optional[str] = option(None, "Answer TEXT once and exit: the answer on stdout, the thinking on stderr")
     system: Optional[str] = option(None, "System message at the start of the conversation")
-    think: bool = option(True, "Open each reply with <think> (R1-style reasoning models); --no-think for other models")
+    think: Optional[bool] = option(None, "Open each reply with <think> (R1-style reasoning models); --no-think for other models (default: as the model was trained, else on)")
+    prompt_template: Optional[str] = option(None, "Wrap each message in a user-turn template: a bundled name (r1, plain), a file, or text with {problem} (default: the one the model was trained with, recorded by train and export; else the text as typed)")
     think_budget: Optional[int] = option(None, "Thinking tokens before </think> is forced (then up to --max-new-tokens of answer)")
     temperature: float = option(0.6, "Sampling temperature (0 = greedy; R1 models are meant for 0.6)")
     top_p: float = option(0.95, "Nucleus sampling")
@@ -60,7 +62,7 @@ class ChatConfig:
         kind, _ = parse_spec(self.model)
         if kind == "openai" and not self.served_model:
             raise UserError("served_model: an openai: model needs --served-model NAME")
-        if self.think_budget and not self.think:
+        if self.think_budget and self.think is False:
             raise UserError("think_budget: budget forcing needs the think block (drop --no-think)")
         if kind == "openai" and self.think_budget:
             raise UserError("think_budget: budget forcing continues the model's own text, which an "
@@ -134,7 +136,7 @@ def reply(backend, messages: list[dict], cfg: ChatConfig,
           make_view: Callable[[bool], ReplyView]) -> Completion:
     """Stream the next assistant turn into a view (`make_view(starts_thinking)`); the Completion
     holds the whole response and its token counts."""
-    prompt = backend.render_messages(messages, cfg.think)
+    prompt = backend.render_messages(messages, cfg.think is not False)
     view = make_view(isinstance(prompt, str) and bool(prefill_of(prompt)))
     sampling = Sampling(n=1, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                         max_new_tokens=cfg.think_budget or cfg.max_new_tokens)
@@ -161,30 +163,49 @@ def answer_of(text: str) -> str:
     return text.rsplit(THINK_CLOSE, 1)[1].strip() if THINK_CLOSE in text else text.replace(THINK_OPEN, "").strip()
 
 
+def apply_recorded(cfg: ChatConfig) -> str | None:
+    """The template the user's text is wrapped in, and `cfg.think` settled: what the flags say,
+    else what the model was trained with (distill/backends/recorded.py)."""
+    recorded = recorded_prompt(cfg.model) if cfg.prompt_template is None or cfg.think is None else None
+    if cfg.think is None:
+        cfg.think = bool(recorded.get("think", True)) if recorded else True
+    if cfg.prompt_template is not None:
+        return load_prompt_template(cfg.prompt_template)
+    return recorded["prompt_template"] if recorded else None
+
+
 def run(cfg: ChatConfig) -> dict:
     cfg.check_complete()
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    template = apply_recorded(cfg)
     backend = open_model(cfg)
     start = [{"role": "system", "content": cfg.system}] if cfg.system else []
     try:
         if cfg.prompt is not None:
-            messages = start + [{"role": "user", "content": cfg.prompt}]
+            text = user_message(cfg.prompt, template) if template else cfg.prompt
+            messages = start + [{"role": "user", "content": text}]
+
+            answered = []
 
             def show_answer(text: str) -> None:
+                answered.append(text)
                 sys.stdout.write(text)
                 sys.stdout.flush()
             done = reply(backend, messages, cfg, lambda thinking: ReplyView(
                 lambda t: err.print(t, style="dim", end="", markup=False), show_answer, thinking))
             sys.stdout.write("\n")
+            if not answered and THINK_CLOSE not in done.text:  # everything went to stderr as thinking
+                err.print(f"\nnote: the think block never closed after {done.completion_tokens} tokens, so there is "
+                          "no answer on stdout; --no-think is for models that do not reason", markup=False)
             return {"response": done.text, "answer": answer_of(done.text)}
-        return {"turns": _interactive(backend, cfg, start)}
+        return {"turns": _interactive(backend, cfg, start, template)}
     finally:
         backend.close()
 
 
-def _interactive(backend, cfg: ChatConfig, start: list[dict]) -> int:
+def _interactive(backend, cfg: ChatConfig, start: list[dict], template: str | None) -> int:
     from rich.console import Console
     from rich.markup import escape
     try:
@@ -213,7 +234,7 @@ def _interactive(backend, cfg: ChatConfig, start: list[dict]) -> int:
             messages = list(start)
             out.print("[dim](a new conversation)[/]")
             continue
-        messages.append({"role": "user", "content": text})
+        messages.append({"role": "user", "content": user_message(text, template) if template else text})
         try:
             done = reply(backend, messages, cfg, lambda thinking: ReplyView(
                 lambda t: out.print(t, style="dim", end="", markup=False),

@@ -29,7 +29,8 @@ class EvalConfig:
     seed: int = option(0, "Random seed")
     think_budget: list[int] = option([], "Budget forcing: thinking tokens before </think> is forced (several give a curve)")
     answer_tokens: int = option(256, "Tokens the answer may take after a forced </think> (with --think-budget)")
-    prompt_template: str = option("r1", "User-turn template: a bundled name, a file, or text with {problem}")
+    prompt_template: Optional[str] = option(None, "User-turn template: a bundled name (r1, plain), a file, or text with {problem} (default: the one each model was trained with, recorded by train and export; else r1)")
+    think: Optional[bool] = option(None, "Open each response with <think> (R1-style reasoning); --no-think for models that do not reason: the whole response is the answer (default: as each model was trained, else on)")
     reference: Optional[str] = option(None, "Reference model (hf:DIR) for KL divergence and top-1 agreement", input=True)
     fidelity_text: Optional[str] = option(None, "Held-out text file for fidelity and perplexity (default: the benchmark's solutions)", input=True)
     fidelity_tokens: int = option(1024, "Tokens of held-out text scored for fidelity and perplexity")
@@ -102,6 +103,8 @@ class EvalConfig:
                             "(give one --label per --model, in the same order)")
         if any(m.startswith("openai:") for m in self.model) and not self.served_model:
             raise UserError("served_model: an openai: model needs --served-model NAME")
+        if self.think_budget and self.think is False:
+            raise UserError("think_budget: budget forcing needs the think block (drop --no-think)")
         if self.think_budget and any(m.startswith("openai:") for m in self.model):
             raise UserError("think_budget: budget forcing continues the model's own text, which an "
                             "openai: chat server does not allow; evaluate openai: models without it")

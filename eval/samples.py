@@ -33,6 +33,8 @@ class Row:
     target: str
     budget: int | None
     key: str = ""
+    template: str = ""   # the user-turn template (the model's recorded one, or --prompt-template)
+    think: bool = True   # the response opens with <think> (--no-think: it is the answer alone)
 
 
 def row_key(row: Row, cfg, benchmark: str, template: str) -> str:
@@ -43,6 +45,7 @@ def row_key(row: Row, cfg, benchmark: str, template: str) -> str:
         "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
         "max_new_tokens": cfg.max_new_tokens if row.budget is None else None,
         "think_budget": row.budget, "answer_tokens": cfg.answer_tokens if row.budget else None,
+        **({} if row.think else {"think": False}),  # keys of earlier runs stay as they were
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -90,7 +93,7 @@ class SampleStore:
 def _sample_line(row: Row, benchmark: str, problem: dict, order: int, index: int, prompt: str,
                  completion: Completion, forced: bool, extra_tokens: int = 0) -> dict:
     text = full_response(completion.text, completion.reasoning)
-    scored = score_response(text, problem["reference"], prefill_of(prompt), completion.finish_reason)
+    scored = score_response(text, problem["reference"], prefill_of(prompt), completion.finish_reason, row.think)
     if completion.error:
         scored.update(correct=False, format_valid=False)
     return {
@@ -111,7 +114,7 @@ def generate_row(backend, row: Row, benchmark: str, problems: list[dict], templa
             if not all(store.have(row.key, p["id"], j) for j in range(cfg.samples))]
     if not todo:
         return
-    prompts = [backend.render(user_message(p["question"], template)) for _, p in todo]
+    prompts = [backend.render(user_message(p["question"], template), row.think) for _, p in todo]
     sampling = Sampling(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                         max_new_tokens=cfg.max_new_tokens if row.budget is None else row.budget)
     title = f"{row.label}" + (f" @{row.budget}" if row.budget else "")

@@ -37,16 +37,18 @@ def full_response(text: str, reasoning: str | None) -> str:
     return text
 
 
-def score_response(text: str, reference: str, prefill: str = "", finish_reason: str = "stop") -> dict:
+def score_response(text: str, reference: str, prefill: str = "", finish_reason: str = "stop",
+                   think: bool = True) -> dict:
     """The scored fields of one sample: extracted answer, correct, format_valid, truncated, and
-    its failures (loop, think_unclosed, answer_in_think)."""
+    its failures (loop, think_unclosed, answer_in_think). Without `think` (a model that does not
+    reason, --no-think) the whole response is the answer and a think block is not asked for."""
     prefill = response_prefill(prefill, text)
     response = split_response(text, prefill)
     correct = bool(response.answer) and is_correct(response.answer, reference)
     return {
         "extracted": response.extracted,
         "correct": correct,
-        "format_valid": response.think_closed and response.extracted is not None,
+        "format_valid": (response.think_closed or not think) and response.extracted is not None,
         "truncated": finish_reason == "length",
         **failure_fields(text, prefill, finish_reason, response.extracted),
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from distill.backends.recorded import recorded_prompt
 from distill.core import progress
 from distill.core.chat import load_prompt_template, user_message
 from distill.core.errors import GateFailed
@@ -44,7 +45,7 @@ def run(config) -> dict:
              "(the R1 protocol samples at 0.6 with top-p 0.95)[/]")
     with StageRecord("eval", config, out) as rec:
         # prepare: the models, the benchmark and the rows (a model at each thinking budget)
-        template = load_prompt_template(config.prompt_template)
+        template = load_prompt_template(config.prompt_template or "r1")
         models = resolve_models(config)
         benchmark = load_benchmark(config)
         if config.baseline:
@@ -82,11 +83,19 @@ def run(config) -> dict:
 
 
 def plan_rows(config, models: list[tuple], benchmark: str, template: str) -> dict[str, list[Row]]:
-    """label -> the rows of that model, one per thinking budget, each with its resume key."""
+    """label -> the rows of that model, one per thinking budget, each with its resume key and the
+    way the model is asked: --prompt-template / --no-think, else what the model was trained with
+    (recorded by train, carried by export), else `template` (r1) with a think block."""
     budgets = sorted(config.think_budget) or [None]
-    rows = {label: [Row(label, spec, kind, target, b) for b in budgets] for label, spec, kind, target in models}
-    for row in (r for model_rows in rows.values() for r in model_rows):
-        row.key = row_key(row, config, benchmark, template)
+    rows = {}
+    for label, spec, kind, target in models:
+        recorded = recorded_prompt(spec) if config.prompt_template is None or config.think is None else None
+        asked = load_prompt_template(config.prompt_template) if config.prompt_template else \
+            recorded["prompt_template"] if recorded else template
+        think = config.think if config.think is not None else bool(recorded.get("think", True)) if recorded else True
+        rows[label] = [Row(label, spec, kind, target, b, template=asked, think=think) for b in budgets]
+        for row in rows[label]:
+            row.key = row_key(row, config, benchmark, asked)
     return rows
 
 
@@ -141,7 +150,7 @@ def evaluate_model(config, rows: list[Row], missing: list[Row], benchmark, templ
     """Speed and memory (a local model in a fresh process; unless cached from an interrupted run),
     then the model loaded here once for the responses of every row still missing some."""
     first = rows[0]
-    user_text = user_message(benchmark.problems[0]["question"], template)
+    user_text = user_message(benchmark.problems[0]["question"], first.template or template)
     figures = dict(cached) if cached is not None else {
         "size_bytes": size_on_disk(first.kind, first.target), "peak_rss_bytes": None, "threads": None}
     if cached is None and config.speed_tokens and first.kind != "openai":
@@ -160,7 +169,7 @@ def evaluate_model(config, rows: list[Row], missing: list[Row], benchmark, templ
         if figures["threads"] is None:
             figures["threads"] = threads_used(backend, first.kind, config.threads)
         for row in missing:
-            generate_row(backend, row, benchmark.name, benchmark.problems, template, config, store)
+            generate_row(backend, row, benchmark.name, benchmark.problems, row.template or template, config, store)
     finally:
         backend.close()
     return figures

@@ -174,12 +174,23 @@ def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
     return n * (4 if qtype == gguf.GGMLQuantizationType.F32 else 2)
 
 
+def add_prompt_record(writer: "gguf.GGUFWriter", folder: Path) -> None:
+    """How the student was taught to be asked (its distill.json, written by train), as metadata
+    that `distill chat` and `distill eval` read back (distill/backends/recorded.py)."""
+    from distill.backends.recorded import GGUF_TEMPLATE, GGUF_THINK, recorded_prompt
+    asked = recorded_prompt(f"hf:{folder}")
+    if asked is not None:
+        writer.add_string(GGUF_TEMPLATE, asked["prompt_template"])
+        writer.add_bool(GGUF_THINK, bool(asked.get("think", True)))
+
+
 def write_gguf(folder: Path, config: dict, facts: ModelFacts, out_path: Path, ftype: str, name: str,
                pre: Optional[str] = None, trust_remote_code: bool = False) -> dict:
     """Write `folder` as a GGUF file of type f32, f16 or bf16; returns the vocabulary facts."""
     writer = gguf.GGUFWriter(path=None, arch=facts.arch)
     rope_factors = add_hparams(writer, config, facts, ftype, name)
     vocab = add_vocab(writer, folder, facts.vocab_size, pre, trust_remote_code)
+    add_prompt_record(writer, folder)
     plan = plan_tensors(folder, config, facts, ftype, rope_factors)
     for t in plan:
         dtype = np.float32 if t.qtype == gguf.GGMLQuantizationType.F32 else np.float16

@@ -17,7 +17,7 @@ from distill.core.errors import UserError
 
 from .quantize import log_tail, native_output_to
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+TOKENIZER_FILES = ("distill.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
                    "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json")
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from distill.backends.recorded import recorded_prompt
 from distill.core.errors import GateFailed
 from distill.core.io import atomic_dir, sha256_path, write_json
 from distill.core.progress import info
@@ -194,6 +195,7 @@ def save_package(config: ExportConfig, plan: ExportPlan, source: Source, entries
                    "dtype": facts.dtype, "lora_merged": source.merged},
         "tokenizer": extra["tokenizer"],
         "context_length": plan.context,
+        "prompt": recorded_prompt(f"hf:{source.folder}"),  # how the student was taught to be asked
         "target": profile_summary(profile) and {**profile_summary(profile), "chosen": chosen,
                                                 "left_out": plan.not_fitting},
         "calibration": extra["calibration"],

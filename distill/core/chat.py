@@ -35,7 +35,10 @@ def user_message(problem: str, template: str) -> str:
 
 
 def assistant_message(reasoning: str, answer: str) -> str:
-    """The R1 assistant turn: the thinking inside the think block, then the final answer."""
+    """The R1 assistant turn: the thinking inside the think block, then the final answer. A trace
+    without reasoning (a teacher run with --no-think) is its answer alone, without think tags."""
+    if not reasoning.strip():
+        return answer.strip()
     return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{answer.strip()}"
 
 

@@ -101,6 +101,12 @@ class Traces:
     not_kept: int = 0
     generate_summary: dict = field(default_factory=dict)
     logprobs_meta: dict | None = None   # stored teacher log-probs: K and the teacher's vocabulary probe
+    prompt_template: str | None = None  # the user-turn template generate rendered the problems with
+
+    @property
+    def think(self) -> bool:
+        """Whether the traces reason in a think block (not those of a --no-think teacher)."""
+        return any(row["reasoning"].strip() for row in self.rows)
 
     def describe(self) -> dict:
         """What the model card and the summary say about the data."""
@@ -210,7 +216,11 @@ def load_traces(src: str, prompt_template: str) -> Traces:
     meta_files = [Path(source) / teacher_logprobs.META_FILE] + \
         ([generate_dir / teacher_logprobs.META_FILE] if generate_dir is not None else [])
     meta = next((read_json(f) for f in meta_files if f.is_file()), None)
+    record = generate_dir / "generate.json" if generate_dir is not None else None
+    generate_template = read_json(record).get("config", {}).get("prompt_template") if record and record.is_file() \
+        else None
     return Traces(rows=rows, source=source, teacher=_teacher_name(raw, generate_dir), rows_read=len(raw),
+                  prompt_template=generate_template,
                   logprobs_meta=meta if any(r["logprobs"] is not None for r in rows) else None,
                   not_kept=not_kept, generate_summary=summary if isinstance(summary, dict) else {})
 

@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from distill.backends.recorded import RECORD, record, recorded_prompt
+from distill.core.chat import load_prompt_template
 from distill.core.io import write_json
 from distill.core.progress import info
 from distill.core.records import StageRecord
@@ -114,6 +116,7 @@ def save(config: TrainConfig, data: TrainData, device: Device, staging: Path, ou
     model_files = _move_into(staging, out)
     data_info = summary.pop("data_info")
     write_json(out / "train_summary.json", summary)
+    write_json(out / RECORD, prompt_record(config, data))
     what = (f"{len(data.train)} prompts, on-policy" if data.on_policy is not None
             else f"{summary['traces'].get('kept_traces')} traces")
     plot_losses(summary["loss_history"], out / "loss.png", f"{Path(config.student).name} on {what}")
@@ -121,7 +124,18 @@ def save(config: TrainConfig, data: TrainData, device: Device, staging: Path, ou
     final = {k: "-" if v is None else f"{v:.4f}" for k, v in summary["final"].items()}
     info(f"[green]✓[/] student saved to {out}: {summary['steps']} steps, loss {final['train_loss']} "
          f"(held-out {final['heldout_loss']}), {summary['tokens_per_second']} tokens/s")
-    return [out / name for name in model_files + ["train_summary.json", "loss.png", "README.md"]]
+    return [out / name for name in model_files + ["train_summary.json", "loss.png", "README.md", RECORD]]
+
+
+def prompt_record(config: TrainConfig, data: TrainData) -> dict:
+    """How the student was taught to be asked (distill/backends/recorded.py): the template its
+    traces' problems were rendered with (generate's, else --prompt-template) and whether they
+    reason in a think block; a student trained on from another keeps what that one recorded."""
+    earlier = recorded_prompt(f"hf:{config.student}") if Path(config.student).is_dir() else None
+    if data.traces is None and earlier is not None:
+        return earlier
+    template = load_prompt_template((data.traces and data.traces.prompt_template) or config.prompt_template)
+    return record(template, data.traces.think if data.traces else True)
 
 
 def _move_into(staging: Path, out: Path) -> list[str]:

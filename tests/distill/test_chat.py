@@ -197,3 +197,45 @@ def test_a_broken_gguf_and_a_server_that_is_down_are_named(tmp_path):
                               capture_output=True, text=True, timeout=120)
         lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("llama")]
         assert done.returncode == 2 and lines and lines[-1].startswith("error: ") and expected in lines[-1], done.stderr
+
+
+@pytest.mark.slow
+def test_a_model_that_never_closes_its_think_block_is_said_so_on_stderr(smollm2):
+    done = subprocess.run([sys.executable, "-m", "distill", "chat", str(smollm2), "--prompt", "Hello",
+                           "--temperature", "0", "--max-new-tokens", "8", "--threads", "1", "--n-ctx", "512"],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "never closed after 8 tokens" in notes[0] and "--no-think" in notes[0]
+
+
+def test_the_template_the_student_was_trained_with_wraps_the_question(tmp_path, monkeypatch):
+    """train records the template in the student folder (distill.json) and export carries it:
+    chat applies it unless --prompt-template says otherwise."""
+    import json as json_
+
+    from distill import chat
+    from distill.backends.types import Completion
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "distill.json").write_text(json_.dumps({"prompt_template": "Solve: {problem} Box it.", "think": True}))
+    seen = []
+
+    class Fake:
+        def render_messages(self, messages, think_prefill=True):
+            seen.append((messages[-1]["content"], think_prefill))
+            return "<think>\n"
+
+        def stream(self, prompt, sampling):
+            yield "x\n</think>\n\n7"
+            return Completion("x\n</think>\n\n7", "stop", 1, 3)
+
+        def close(self):
+            pass
+    monkeypatch.setattr(chat, "open_model", lambda cfg: Fake())
+    chat.run(ChatConfig(model=str(folder), prompt="What is 3 + 4?"))
+    chat.run(ChatConfig(model=str(folder), prompt="What is 3 + 4?", prompt_template="plain"))
+    assert seen[0] == ("Solve: What is 3 + 4? Box it.", True)
+    assert seen[1][0] == "What is 3 + 4?"

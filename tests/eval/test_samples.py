@@ -24,7 +24,7 @@ class ScriptedBackend:
     def __init__(self):
         self.calls: list[tuple[list[str], object]] = []
 
-    def render(self, user_text: str) -> str:
+    def render(self, user_text: str, think: bool = True) -> str:
         return f"<user>{user_text}</user><think>\n"
 
     def generate(self, prompts, sampling, on_done=None):

@@ -216,3 +216,41 @@ def test_other_file_formats_and_named_fields(tmp_path, suffix):
     assert summary["samples"] == 6 and summary["verified"] == 6
     assert summary["kept"] == 3 and summary["dropped"] == {"duplicate": 3}   # the same trace twice
     assert {b["messages"][0]["content"] for b in fake.bodies} == {r["task"] for r in rows}   # plain template
+
+
+def test_a_problem_listed_twice_is_asked_once_and_the_run_is_complete(tiny_model, tmp_path):
+    from distill.core.config import build_config
+    from distill.generate.config import GenerateConfig
+    from distill.generate.stage import run
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(5)]
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:1]))
+    summary = run(build_config(GenerateConfig, dict(teacher=f"hf:{tiny_model('qwen2')}", prompts=str(problems), n=1,
+                                                    max_new_tokens=8, out=str(tmp_path / "g"))))
+    assert summary["prompts"] == 5 and summary["prompts_done"] == 5 and summary["complete"] is True
+
+
+def test_no_think_traces_are_the_answer_alone(tmp_path):
+    from distill.core.config import build_config
+    from distill.core.traces import load_traces, trace_row
+    from distill.generate.config import GenerateConfig
+    from distill.generate.stage import run
+    from tests.distill.generate.servers import FakeOpenAI
+
+    def plain(user, body):
+        return {"content": "The answer is \\boxed{1}."}
+    with FakeOpenAI(respond=plain) as server:
+        rows = [{"question": "What is 0 + 1?", "answer": "1"}]
+        problems = tmp_path / "p.jsonl"
+        problems.write_text(json.dumps(rows[0]) + "\n")
+        thinking = run(build_config(GenerateConfig, dict(teacher=f"openai:{server.url}", model="m", prompts=str(problems),
+                                                         n=1, out=str(tmp_path / "think"))))
+        plain_run = run(build_config(GenerateConfig, dict(teacher=f"openai:{server.url}", model="m", think=False,
+                                                          prompts=str(problems), n=1, out=str(tmp_path / "plain"))))
+    assert thinking["kept"] == 0 and thinking["dropped"] == {"bad_format": 1}
+    assert plain_run["kept"] == 1
+    (trace,) = load_traces(str(tmp_path / "plain"), "r1").rows
+    assert trace["reasoning"] == "" and trace["answer"] == "The answer is \\boxed{1}."
+    from distill.core.io import read_jsonl
+    (row,) = read_jsonl(tmp_path / "plain" / "samples.jsonl")
+    assert trace_row(row)["messages"][1]["content"] == "The answer is \\boxed{1}."

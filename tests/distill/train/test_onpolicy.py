@@ -535,3 +535,34 @@ def test_the_on_policy_forward_has_no_dropout(tiny_model, tmp_path):
     losses = [trainer.compute_loss(model, dict(batch), num_items_in_batch=None).item() for _ in range(3)]
     assert losses[0] == losses[1] == losses[2]
     assert any(m.training for m in model.modules() if isinstance(m, torch.nn.Dropout))  # restored after
+
+
+def test_across_tokenizers_the_span_form_with_one_tokenizer_is_the_per_token_form(dense_teacher):
+    """The cross-tokenizer scorer, given the student's own tokenizer, cuts every token into a span
+    of its own and gives it the teacher's log-prob of that token: the advantages are today's."""
+    from distill.train.cross_tokenizer import CrossTokenizerScorer, local_logprobs
+
+    folder, _ = dense_teacher
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    sequences = _trace_sequences(tokenizer, 3)
+    rollouts = [{**seq, "stopped": True, "user_text": row["prompt"]}
+                for seq, row in zip(sequences, trace_rows(3))]
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    scored = CrossTokenizerScorer(tokenizer, tokenizer, eot, local_logprobs(model), "t").score(rollouts)
+    for seq, got in zip(sequences, scored):
+        ids = seq["input_ids"].tolist()
+        per_token = _in_process_logprobs(folder, ids)[seq["prompt_len"] - 1:]
+        assert got["span"].tolist() == list(range(len(per_token)))
+        assert np.allclose(got["teacher"], per_token, atol=1e-4)
+
+
+def test_spans_cut_only_where_both_tokenizations_have_a_boundary():
+    from distill.train.cross_tokenizer import span_logprobs, spans
+    student = [0, 2, 5, 7, 9]  # byte offsets after 0..4 student tokens: tokens [0,2) [2,5) [5,7) [7,9)
+    teacher = [0, 3, 5, 9]     # teacher tokens [0,3) [3,5) [5,9)
+    s_span, t_span = spans(student, teacher)
+    assert s_span.tolist() == [0, 0, 1, 1] and t_span.tolist() == [0, 0, 1]
+    assert span_logprobs(s_span, t_span, [-1.0, -2.0, -0.5]).tolist() == [-3.0, -3.0, -0.5, -0.5]
+    # a boundary inside a character (None) is no boundary
+    assert spans([0, None, 4], [0, 2, 4])[0].tolist() == [0, 0]

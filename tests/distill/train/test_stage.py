@@ -72,6 +72,9 @@ def test_full_sft_with_packing_writes_a_loadable_student(tiny_model, tmp_path):
     assert "hf:tiny-moe-teacher" in card and "| `lr` | 0.001 |" in card and "wrong_answer 4" in card
     record = json.loads((out / "train.json").read_text())
     assert record["stage"] == "train" and "model.safetensors" in {o["path"] for o in record["outputs"]}
+    from distill.core.chat import load_prompt_template
+    asked = json.loads((out / "distill.json").read_text())  # how the student was taught to be asked
+    assert asked == {"prompt_template": load_prompt_template("r1"), "think": True}
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".tmp-") or p.name in ("checkpoints", "training_args.bin")]
     assert leftovers == []
 
