@@ -80,7 +80,7 @@ def test_every_flag_named_is_a_flag(doc, known):
     text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)  # prose and inline code
     wrong = []
     for line in text.splitlines():
-        others = set().union(*(f for tool, f in OTHER_TOOLS.items() if tool in line)) | bench_flags(line)
+        others = set().union(*(f for tool, f in OTHER_TOOLS.items() if tool in line.lower())) | bench_flags(line)
         for flag in FLAG.findall(line):
             if flag not in everything and flag not in others:
                 wrong.append(flag)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 
 import numpy as np
 import torch
@@ -77,6 +78,9 @@ class OnPolicyTrainer(DistillTrainer):
         self.rkl = {"sum": 0.0, "tokens": 0}
         self.refused = 0           # sequences the scorer could not score as sampled (this session)
         self.sequences = 0
+        # Seconds of this session's training steps: the student sampling, a scorer's requests or
+        # forward passes, and the update (loss, backward; a local teacher's forward is in it).
+        self.seconds = {"sampling": 0.0, "scoring": 0.0, "update": 0.0}
 
     # --- rollouts ---------------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -95,9 +99,15 @@ class OnPolicyTrainer(DistillTrainer):
 
     def rollout_batch(self, model, prompts: dict, seed: int) -> dict:
         indices = prompts["prompt_index"].tolist()
+        started = time.perf_counter()
         rollouts = self.sample(model, [self.items[i] for i in indices], seed)
+        sampled = time.perf_counter()
+        if model.training:
+            self.seconds["sampling"] += sampled - started
         if self.scorer is not None:
             scored = self.scorer.score(rollouts)
+            if model.training:
+                self.seconds["scoring"] += time.perf_counter() - sampled
             self.sequences += len(rollouts)
             self.refused += sum(s is None for s in scored)
             kept = [(r, s) for r, s in zip(rollouts, scored) if s is not None]
@@ -169,6 +179,13 @@ class OnPolicyTrainer(DistillTrainer):
         self.rkl["sum"] += float(divergence.detach())
         self.rkl["tokens"] += count
         return (loss, {}) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        started = time.perf_counter()
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self.seconds["update"] += time.perf_counter() - started
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         with torch.no_grad():

@@ -111,4 +111,5 @@ def on_policy_summary(config, trainer, cross_tokenizer: bool = False) -> dict:
             "top_p": config.top_p, "max_new_tokens": config.max_new_tokens, "sft_weight": config.sft_weight,
             "sequences_scored": trainer.sequences if served is not None else None,
             "sequences_refused": trainer.refused if served is not None else None,
-            "request_retries": getattr(getattr(served, "retries_of", served), "retries", None)}
+            "request_retries": getattr(getattr(served, "retries_of", served), "retries", None),
+            "seconds": {k: round(v, 2) for k, v in trainer.seconds.items()}}
