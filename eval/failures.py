@@ -6,8 +6,9 @@ The loop rule: a sample loops when it ran to the token limit (finish_reason "len
 ends in at least LOOP_MIN_REPEATS back-to-back copies of one span (the last copy may be cut off by
 the limit), the repeated stretch is at least LOOP_MIN_CHARS characters long, and the span holds at
 least one non-whitespace character. The shortest such span is reported (a line repeated 40 times
-is the line, not two copies of it), starting after a line break when it holds one. A response that is merely long, or repeats itself with a
-changing counter ("Step 7", "Step 8"), is not a loop by this rule."""
+is the line, not two copies of it), starting after a line break when it holds one. A response
+that is merely long, or repeats itself with a changing counter ("Step 7", "Step 8"), is not a
+loop by this rule."""
 
 from __future__ import annotations
 

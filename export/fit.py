@@ -39,8 +39,8 @@ import numpy as np
 from distill.core.errors import UserError
 from distill.core.progress import info
 
-from .fit_types import (LADDER, PRESETS, FitTarget, T, data_bytes, exact, metadata_bytes, padded, pinned_types, quantizable,
-                        tensor_bytes, written_type)
+from .fit_types import (LADDER, PRESETS, FitTarget, T, data_bytes, exact, metadata_bytes, padded, pinned_types,
+                        quantizable, tensor_bytes, written_type)
 from .gguf_info import read_header, tensor_arrays
 from .profiles import GGUF_BITS_PER_WEIGHT
 from .quantize import quantize
@@ -68,8 +68,10 @@ def fit_gguf(base_f16: Path, dst: Path, target: FitTarget, imatrix: Optional[Pat
     _, tensors = read_header(base_f16)
     shapes = quantizable({t["name"]: t["shape"] for t in tensors})
     pinned = pinned_types(target.overrides, shapes)
-    quant = lambda preset, path, overrides: quantize(base_f16, path, preset, threads, work / "quantize.log",  # noqa: E731
-                                                     imatrix, overrides)
+
+    def quant(preset: str, path: Path, overrides: list) -> None:
+        quantize(base_f16, path, preset, threads, work / "quantize.log", imatrix, overrides)
+
     neighbours, sizes, meta = find_neighbours(tensors, shapes, target, quant, work)
     others = data_bytes([t for t in tensors if t["name"] not in shapes], {})
     lower, upper = neighbours.get("lower"), neighbours.get("upper")

@@ -92,8 +92,8 @@ def prepare_source(config: ExportConfig, plan: ExportPlan, work: Path) -> Source
     for quant in plan.fit_to(config, facts):
         info(f"Target '{plan.profile.name}': {quant} would not fit, left out")
     if plan.overrides or plan.fit is not None:  # GGUF names and ggml shapes (ne[0] first)
-        plan.check_tensors({t.name: list(reversed(t.shape)) for t in plan_tensors(folder, hf_config, facts, "f16", None)},
-                           facts)
+        planned = plan_tensors(folder, hf_config, facts, "f16", None)
+        plan.check_tensors({t.name: list(reversed(t.shape)) for t in planned}, facts)
     calibration = None
     if plan.needs_base_f16:
         calibration = resolve_calibration(config.imatrix, config.model, folder, plan.context, config.imatrix_texts,
