@@ -139,3 +139,31 @@ def test_loop_rise_against_the_baseline_needs_significance(tmp_path):
     gates = check_gates([_row("q4", small_new)], _cfg(baseline=_baseline(tmp_path / "b", "q4", small_old),
                                                       max_loop_rate=0.05), _loop_samples("q4", small_new))
     assert not gates["failed"] and "not significant" in gates["warnings"][0]
+
+
+def test_eval_reports_the_rates_and_gates_on_loops(exported, tmp_path):
+    """Through the CLI on the tiny GGUF (a random model whose chat template opens the think block:
+    it never closes it, and it rambles without repeating): the rates in report.json, the loop field
+    in samples.jsonl, pass@k beside pass@1, and --max-loop-rate as a ceiling and against a
+    baseline (the loop detection itself is tested on handwritten texts above)."""
+    from typer.testing import CliRunner
+
+    from distill import cli
+    from distill.core.io import read_json, read_jsonl
+
+    base = ["eval", "--quiet", "--model", f"gguf:{exported['gguf']}", "--label", "tiny", "--benchmark", "demo",
+            "--limit", "4", "--max-new-tokens", "48", "--speed-tokens", "0", "--threads", "1", "--n-ctx", "512",
+            "--samples", "2", "--temperature", "0.6", "--max-loop-rate", "0"]
+    first = tmp_path / "first"
+    result = CliRunner().invoke(cli.app, [*base, "--out", str(first)])
+    assert result.exit_code == 0, result.output
+    (row,) = read_json(first / "report.json")["results"]
+    samples = read_jsonl(first / "samples.jsonl")
+    assert all("loop" in s and s["loop"] is None for s in samples) and row["loop_rate"] == 0.0
+    assert row["think_unclosed_rate"] == 1.0 and row["answer_in_think_rate"] == 0.0
+    assert set(row["pass_at_k"]) == {"2"} and row["pass_at_k"]["2"] >= row["pass_at_1"]
+    assert "loops" in (first / "report.md").read_text()
+    again = CliRunner().invoke(cli.app, [*base, "--out", str(tmp_path / "b"), "--baseline", str(first / "report.json")])
+    assert again.exit_code == 0, again.output
+    gates = read_json(tmp_path / "b" / "report.json")["gates"]
+    assert gates["loop_increase"][0]["drop"] == 0 and gates["checked"][0].startswith("max_loop_rate 0.0 against")
