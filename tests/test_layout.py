@@ -3,8 +3,9 @@ import statement, those inside functions included; the repository's export/, eva
 folders mapped to distill.export, distill.eval and distill.data, as pyproject installs them).
 
 - No import circles.
-- Layers: distill.data (assets) < core < backends < the stages (generate, train, chat, demo,
-  export, eval) < the top (distill.pipeline < distill.cli < distill.__main__). A module imports only
+- Layers: distill.data (assets) < core < backends < the stages (generate, train, chat,
+  export, eval) < demo (builds the demo models with the trainer) < the top (distill.pipeline <
+  distill.cli < distill.__main__). A module imports only
   from lower layers or from its own room (its package); only the top imports distill.export and
   distill.eval.
 - Each stage's `run` lives in `<stage>/stage.py` and is at most 60 lines."""
@@ -21,7 +22,7 @@ from tests.conftest import REPO
 ROOTS = {"distill": REPO / "distill", "distill.export": REPO / "export", "distill.eval": REPO / "eval",
          "distill.data": REPO / "data"}
 LAYERS = {"distill.data": 0, "distill.core": 1, "distill.backends": 2, "distill.generate": 3, "distill.train": 3,
-          "distill.chat": 3, "distill.demo": 3, "distill.export": 3, "distill.eval": 3,
+          "distill.chat": 3, "distill.demo": 3.5, "distill.export": 3, "distill.eval": 3,
           "distill.pipeline": 4, "distill.cli": 5, "distill.__main__": 6, "distill": 6}
 TOP = ("distill.cli", "distill.pipeline", "distill.__main__")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from distill.data import asset
-from distill.demo.common import chat_examples, collate, complete, grade, pass_at_1, set_threads
+from distill.demo.common import chat_examples, complete, grade, pass_at_1, set_threads
 from distill.core.demo_task import load_split
 from distill.core.io import write_json
 from distill.core.progress import info
@@ -39,6 +39,20 @@ def sample_traces(teacher, tokenizer, rows: list[dict], n: int, args) -> tuple[l
             if correct and closed:
                 kept.append((row["question"], text))
     return kept, total
+
+
+def collate(examples: list[dict], pad_id: int) -> dict:
+    """Right-padded rows, the loss on the tokens after `prompt_len` (this check's own plain HF path)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[row, :n] = torch.tensor(e["input_ids"])
+        labels[row, e["prompt_len"]:n] = ids[row, e["prompt_len"]:n]
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def fine_tune(student_dir: Path, tokenizer, examples: list[dict], args, out: Path):

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from distill.data import asset
-from distill.demo.common import save_model, settings_fingerprint, set_threads, text_examples, train
+from distill.demo.common import save_model, settings_fingerprint, set_threads, text_examples
+from distill.demo.fit import fit
 from distill.core.progress import info
 
 DEFAULT_WORK = Path.home() / ".cache" / "distill-edge-build" / "demo-student-base"
@@ -353,17 +354,17 @@ def main() -> None:
     # Phase 1 stops mid-schedule, at a high learning rate; phase 2 decays it on the same text,
     # which is where the arithmetic becomes reliable, plus sentences with words phase 1 lacks.
     phase1 = argparse.Namespace(**{k: getattr(args, k) for k in PHASE1_SETTINGS})
-    train(model, examples, steps=args.schedule, stop_at=args.steps, batch_size=args.batch_size,
-          lr=args.lr, pad_id=tokenizer.pad_token_id, work_dir=args.work, seed=args.seed,
-          checkpoint_every=250, on_checkpoint=measure, fingerprint=settings_fingerprint(phase1))
+    fit(model, examples, steps=args.schedule, stop_at=args.steps, batch_size=args.batch_size,
+        lr=args.lr, work_dir=args.work, seed=args.seed,
+        checkpoint_every=250, on_checkpoint=measure, fingerprint=settings_fingerprint(phase1))
     phase1_arithmetic = measure(args.steps)
     vocabulary_rng = random.Random(args.seed + 1)
     vocabulary = [vocabulary_document(vocabulary_rng) for _ in range(args.vocabulary_documents)]
     examples = examples + text_examples(tokenizer, vocabulary)
-    result = train(model, examples, steps=args.cooldown_steps, batch_size=args.batch_size,
-                   lr=args.cooldown_lr, warmup=50, pad_id=tokenizer.pad_token_id,
-                   work_dir=args.work / "cooldown", seed=args.seed + 1, checkpoint_every=100,
-                   on_checkpoint=lambda step: measure(step, phase=2), fingerprint=settings_fingerprint(args))
+    result = fit(model, examples, steps=args.cooldown_steps, batch_size=args.batch_size,
+                 lr=args.cooldown_lr, warmup=50, work_dir=args.work / "cooldown", seed=args.seed + 1,
+                 checkpoint_every=100, on_checkpoint=lambda step: measure(step, phase=2),
+                 fingerprint=settings_fingerprint(args))
     arithmetic, lines = arithmetic_accuracy(model, tokenizer)
     seen = {line for text in texts for line in text.split("\n")}
     announced_share, announced_lines = announced_accuracy(model, tokenizer, seen)

@@ -1,4 +1,4 @@
-"""Train the demo teacher: a small Qwen3-MoE (8 experts, top-2 routing) that solves the demo task
+"""Train the demo teacher: a small Qwen3-MoE (16 experts, top-2 routing) that solves the demo task
 in the R1 format, trained from scratch on worked solutions of the TRAIN split.
 
     python -m distill.demo.train_teacher                      # writes data/models/demo-teacher
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from distill.data import asset
-from distill.demo.common import (chat_examples, pass_at_1, r1_completion, save_model, set_threads,
-                               settings_fingerprint, train)
+from distill.demo.common import chat_examples, pass_at_1, r1_completion, save_model, set_threads, settings_fingerprint
+from distill.demo.fit import fit
 from distill.core.demo_task import generate, load_split
 from distill.core.progress import info
 
@@ -125,11 +125,12 @@ def main() -> None:
         info(f"step {step}: greedy pass@1 on 50 test problems {quick['pass@1']:.2f}")
 
     started = time.time()
-    train_info = train(model, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       pad_id=tokenizer.pad_token_id, work_dir=args.work, seed=args.seed,
-                       model_kwargs={"output_router_logits": True}, checkpoint_every=250,
-                       fingerprint=settings_fingerprint(args),
-                       on_checkpoint=lambda s: probe(s) if s % 500 == 0 else None)
+    model.config.output_router_logits = True  # the router's load-balancing loss, as transformers adds it
+    train_info = fit(model, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                     work_dir=args.work, seed=args.seed, checkpoint_every=250,
+                     fingerprint=settings_fingerprint(args),
+                     on_checkpoint=lambda s: probe(s) if s % 500 == 0 else None)
+    model.config.output_router_logits = False
     train_info["minutes"] = round((time.time() - started) / 60)
 
     save_model(model, tokenizer, args.out, torch.bfloat16, asset("models", "demo-tokenizer"))

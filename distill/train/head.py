@@ -120,7 +120,8 @@ def hidden_and_head(model, inputs: dict, trained: torch.Tensor) -> tuple[torch.T
 
 
 def loss_from_model(model, inputs: dict, trained: torch.Tensor, spec: LossSpec):
-    """(total, CE, KD or None) of the trained positions, total differentiable through the model."""
+    """(total, CE, KD or None, the model's router aux loss or None) of the trained positions, total
+    differentiable through the model."""
     parts = {}
 
     def compute(module, hidden, transform):
@@ -132,4 +133,4 @@ def loss_from_model(model, inputs: dict, trained: torch.Tensor, spec: LossSpec):
         out = model(**inputs, use_cache=False, logits_to_keep=trained)
     total = out.logits.reshape(())  # the value as it came back through the wrappers' hooks
     _require_unchanged(model, out.logits, parts["total"])
-    return total, parts["ce"], parts["kd"]
+    return total, parts["ce"], parts["kd"], getattr(out, "aux_loss", None)

@@ -18,7 +18,7 @@ from distill.core import progress
 
 from .batching import count_tokens
 from distill.core.traces import IGNORE
-from .head import loss_from_model, hidden_and_head
+from .head import hidden_and_head, loss_from_model, unwrap
 from .losses import LossSpec
 from .sparse_losses import Policy, StoredKD
 
@@ -49,7 +49,16 @@ def loss_sums(model, batch: dict, teacher=None, kd: tuple = (0.5, 1.0, "forward_
         spec.policy = Policy(batch["teacher"], batch.get("span"), batch.get("sampler"))
     if teacher is not None:
         spec.teacher_hidden, spec.teacher_head = hidden_and_head(teacher, inputs, trained)
-    total, ce, divergence = loss_from_model(model, inputs, trained, spec)
+    inner = unwrap(model)
+    # transformers reads the coefficient from the model (set from its config when it was built)
+    balance = getattr(inner.config, "output_router_logits", False) and \
+        getattr(inner, "router_aux_loss_coef", getattr(inner.config, "router_aux_loss_coef", 0.0))
+    if balance:  # an MoE student with its load-balancing loss on, as transformers adds it to its own loss
+        inputs = {**inputs, "output_router_logits": True}
+    total, ce, divergence, aux = loss_from_model(model, inputs, trained, spec)
+    if balance and aux is not None:
+        # the caller divides by the batch's trained tokens: count * coef * aux keeps coef * aux per token
+        total = total + balance * aux.to(total) * int(spec.targets.numel())
     if divergence is None:  # plain SFT: the loss is the CE
         return total, None, None, int(spec.targets.numel())
     return total, ce, divergence, int(spec.targets.numel())

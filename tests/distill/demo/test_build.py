@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from distill.demo.common import IGNORE, batch_order, chat_examples, load_checkpoint, r1_completion, train
+from distill.demo.common import chat_examples, r1_completion
+from distill.demo.fit import fit
 from distill.demo.pretrain_student import PHRASES, document, story_document, vocabulary_document
 from distill.core.demo_task import load_split
 from tests.conftest import DEMO_TOKENIZER
@@ -25,10 +26,10 @@ def test_chat_examples_score_only_the_assistant_turn(tokenizer):
     completion = r1_completion(row["reasoning"], row["answer"])
     assert completion == f"{row['reasoning']}\n</think>\n\n\\boxed{{{row['answer']}}}"
     (example,) = chat_examples(tokenizer, [(row["question"], completion)])
-    ids, labels = example["input_ids"], example["labels"]
-    first = next(i for i, label in enumerate(labels) if label != IGNORE)
-    assert all(label == IGNORE for label in labels[:first])
-    assert labels[first:] == ids[first:]
+    ids, first = example["input_ids"], example["prompt_len"]
+    from distill.core.traces import labels_of
+    labels = labels_of({"input_ids": __import__("numpy").asarray(ids), "prompt_len": first}).tolist()
+    assert all(label == -100 for label in labels[:first]) and labels[first:] == ids[first:]
     prompt = tokenizer.decode(ids[:first])
     assert prompt.endswith("<|im_start|>assistant\n") and row["question"] in prompt
     assert "Please reason step by step" in prompt
@@ -106,21 +107,15 @@ def test_a_build_can_stop_early_in_its_schedule(tiny_model, tokenizer, tmp_path)
     rows = load_split("train")[:16]
     examples = chat_examples(tokenizer, [(r["question"], r1_completion(r["reasoning"], r["answer"])) for r in rows])
     model = AutoModelForCausalLM.from_pretrained(tiny_model("qwen2"), dtype=torch.float32)
-    info = train(model, examples, steps=20, stop_at=3, batch_size=4, lr=1e-3, pad_id=tokenizer.pad_token_id,
-                 seed=0, warmup=2, work_dir=tmp_path, fingerprint="x")
-    state = load_checkpoint(tmp_path / "checkpoint.safetensors")
-    assert info["steps"] == 3 and state["step"] == 3 and len(state["losses"]) == 3
-    # The lr followed the 20-step schedule: 3 steps in, it is at its peak, not decayed to the floor.
-    assert state["sched"]["_last_lr"][0] > 0.9e-3
-
-
-def test_batch_order_is_seeded_and_covers_every_example():
-    examples = [{"input_ids": [0] * random.Random(i).randint(5, 50)} for i in range(100)]
-    first = batch_order(examples, 8, seed=3, epoch=0)
-    assert first == batch_order(examples, 8, seed=3, epoch=0)
-    assert first != batch_order(examples, 8, seed=3, epoch=1)
-    seen = [i for batch in first for i in batch]
-    assert len(seen) == len(set(seen)) >= 96 and all(len(b) == 8 for b in first)
+    info = fit(model, examples, steps=20, stop_at=3, batch_size=4, lr=1e-3, seed=0, warmup=2, work_dir=tmp_path,
+               fingerprint="x")
+    assert info["steps"] == 3 and (tmp_path / "checkpoint-3").is_dir()
+    # The lr followed the 20-step schedule: 3 steps in, it is near its peak, not decayed to the floor.
+    state = torch.load(tmp_path / "checkpoint-3" / "scheduler.pt", weights_only=True)
+    assert state["_last_lr"][0] > 0.9e-3
+    again = fit(model, examples, steps=20, stop_at=3, batch_size=4, lr=1e-3, seed=0, warmup=2, work_dir=tmp_path,
+                fingerprint="x")
+    assert again["steps"] == 3 and not (tmp_path / "checkpoint-4").exists()  # a finished phase is not trained on
 
 
 def test_a_killed_build_resumes_to_the_same_weights(tiny_model, tokenizer, tmp_path):
@@ -130,15 +125,14 @@ def test_a_killed_build_resumes_to_the_same_weights(tiny_model, tokenizer, tmp_p
     rows = load_split("train")[:24]
     examples = chat_examples(tokenizer, [(r["question"], r1_completion(r["reasoning"], r["answer"])) for r in rows])
     folder = tiny_model("qwen2")
-    settings = dict(batch_size=4, lr=1e-3, pad_id=tokenizer.pad_token_id, seed=1, warmup=2,
-                    checkpoint_every=3, fingerprint="a")
+    settings = dict(batch_size=4, lr=1e-3, seed=1, warmup=2, checkpoint_every=3, fingerprint="a")
 
     def fresh():
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
     straight = fresh()
-    train(straight, examples, steps=8, work_dir=tmp_path / "straight", **settings)
+    fit(straight, examples, steps=8, work_dir=tmp_path / "straight", **settings)
 
     class Killed(Exception):
         pass
@@ -147,9 +141,9 @@ def test_a_killed_build_resumes_to_the_same_weights(tiny_model, tokenizer, tmp_p
         raise Killed(step)
 
     with pytest.raises(Killed):  # killed right after the checkpoint at step 3
-        train(fresh(), examples, steps=8, work_dir=tmp_path / "resumed", on_checkpoint=kill, **settings)
+        fit(fresh(), examples, steps=8, work_dir=tmp_path / "resumed", on_checkpoint=kill, **settings)
     resumed = fresh()
-    info = train(resumed, examples, steps=8, work_dir=tmp_path / "resumed", **settings)
+    info = fit(resumed, examples, steps=8, work_dir=tmp_path / "resumed", **settings)
     assert info["steps"] == 8
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
@@ -157,7 +151,7 @@ def test_a_killed_build_resumes_to_the_same_weights(tiny_model, tokenizer, tmp_p
     # Other settings never resume someone else's checkpoint.
     other = fresh()
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    train(other, examples, steps=1, work_dir=tmp_path / "resumed", **{**settings, "fingerprint": "b"})
+    fit(other, examples, steps=1, work_dir=tmp_path / "resumed", **{**settings, "fingerprint": "b", "warmup": 0})
     assert any(not torch.equal(before[k], v) for k, v in other.state_dict().items())
     assert not torch.allclose(other.state_dict()["model.embed_tokens.weight"],
                               straight.state_dict()["model.embed_tokens.weight"])
@@ -195,3 +189,17 @@ def test_multiplier_probe_reads_the_factor_positions_of_the_test_split(tiny_mode
     # the three options differ only in their last token: the probabilities are of distinct ids
     probs = next_token_probs(model, tokenizer, "Ava has 3 cups. 3 * ", ["2", "3", "4"])
     assert probs.shape == (3,) and len(set(probs.tolist())) == 3
+
+
+def test_the_moe_teacher_build_trains_with_its_load_balancing_loss(tiny_model, tokenizer, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = load_split("train")[:8]
+    examples = chat_examples(tokenizer, [(r["question"], r1_completion(r["reasoning"], r["answer"])) for r in rows])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("qwen3_moe"), dtype=torch.float32)
+    model.config.output_router_logits = True  # as train_teacher sets it
+    before = {k: v.clone() for k, v in model.state_dict().items() if "gate" in k}
+    info = fit(model, examples, steps=2, batch_size=4, lr=1e-2, seed=0, warmup=0, work_dir=tmp_path, fingerprint="t")
+    assert info["steps"] == 2
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)

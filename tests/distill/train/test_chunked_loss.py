@@ -174,3 +174,23 @@ def test_a_head_that_is_not_a_plain_linear_layer_is_refused(tiny_model, one_torc
     model = add_lora(_model(tiny_model("qwen2"), tie_word_embeddings=False), 4, 8, 0.0, ["q_proj", "lm_head"])
     with pytest.raises(UserError, match="plain linear layer"):
         loss_sums(model, _padded_batch(model.config.vocab_size))
+
+
+def test_an_moe_student_with_router_logits_on_adds_transformers_load_balancing_loss(tiny_model):
+    """With config.output_router_logits (off by default, as in transformers), the loss of an MoE
+    student is transformers' own: the mean CE plus router_aux_loss_coef times the load-balancing loss."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("qwen3_moe"), dtype=torch.float32)
+    model.config.output_router_logits, model.router_aux_loss_coef = True, 0.5
+    batch = _padded_batch(model.config.vocab_size)
+    batch["shift_labels"][:, -1] = IGNORE
+    labels = torch.full_like(batch["shift_labels"], IGNORE)  # what transformers shifts into shift_labels
+    labels[:, 1:] = batch["shift_labels"][:, :-1]
+    total, _, _, n = loss_sums(model, batch)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}
+    out = model(**inputs, labels=labels, output_router_logits=True)
+    assert out.aux_loss is not None and out.aux_loss.item() > 0
+    assert (total / n).item() == pytest.approx(out.loss.item(), rel=1e-5)
+    model.config.output_router_logits = False
+    assert (loss_sums(model, batch)[0] / n).item() == pytest.approx(out.loss.item() - 0.5 * out.aux_loss.item(),
+                                                                   rel=1e-5)
