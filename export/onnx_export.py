@@ -68,6 +68,13 @@ def build_onnx(folder: Path, out_dir: Path, precision: str, work: Path, log_path
             parsed = builder.parse_extra_options(None, str(folder), str(out_dir), builder_precision, "cpu",
                                                  str(cache), options)
             builder.create_model(None, str(folder), str(out_dir), builder_precision, "cpu", str(cache), **parsed)
+    except ValueError as e:
+        if "algo_config" in extra and block_size != 32:
+            # seen on SmolLM2 (576 columns): k_quant's reshape at block 64 fails in onnxruntime-genai 0.18
+            raise UserError(f"field 'onnx_block_size': onnxruntime-genai's builder could not make {precision} "
+                            f"with block size {block_size} for this model ({e}); block 32 works") from None
+        raise RuntimeError(f"onnxruntime-genai's builder failed for {precision}: "
+                           f"{type(e).__name__}: {e} | {log_tail(log_path)}") from e
     except Exception as e:  # noqa: BLE001 - the builder raises bare Exceptions; keep its message
         raise RuntimeError(f"onnxruntime-genai's builder failed for {precision}: "
                            f"{type(e).__name__}: {e} | {log_tail(log_path)}") from e

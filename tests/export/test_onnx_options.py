@@ -61,3 +61,18 @@ def test_the_manifest_records_the_options(student, tmp_path):
     assert entry["onnx_options"] == {"block_size": 32, "accuracy_level": 1, "algo_config": "k_quant_last"}
     assert entry["graph"]["head"]["bits"] == 8 and [4, 32, 1] in entry["graph"]["matmulnbits_configs"]
     assert entry["validation"]["passed"]
+
+
+def test_a_block_size_the_int8_head_algorithm_cannot_take_is_refused_cleanly(student, tmp_path):
+    """onnxruntime-genai 0.18's k_quant fails on blocks of 64 here and on SmolLM2 (576 columns):
+    one line and exit 2 naming the option, nothing left behind (a real process: the builder's own
+    prints go to the export's log through the file descriptors, which CliRunner does not use)."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "distill", "export", "--quiet", "--model", str(student("qwen2")),
+                             "--out", str(tmp_path / "export"), "--onnx", "int4-int8head", "--onnx-block-size", "64",
+                             "--no-validate"], capture_output=True, text=True, cwd=tmp_path)
+    lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stdout + result.stderr
+    assert "field 'onnx_block_size'" in lines[0] and "block 32 works" in lines[0]
+    assert list(tmp_path.iterdir()) == []
