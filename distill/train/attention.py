@@ -7,14 +7,16 @@ on its own with `is_causal=True`: on a CPU one call per sample (slices, no copie
 where calls cost more than copies, the samples are gathered into one small padded batch and
 scattered back. Attention costs what the samples alone cost, and the linear layers see no padding.
 
-Registered with transformers' AttentionInterface as `packed_sdpa`; the mask builders do not know
-the name, so no mask is built (the position ids carry the sample boundaries)."""
+Registered with transformers' AttentionInterface as `packed_sdpa`, with a mask function that
+builds sdpa's mask for a padded batch and none for a packed row (the position ids carry the
+sample boundaries)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 PACKED_ATTENTION = "packed_sdpa"
@@ -50,12 +52,6 @@ def _window_mask(length: int, window: int | None, device) -> torch.Tensor | None
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                         sliding_window=None, position_ids=None, **kwargs):
     if position_ids is None or attention_mask is not None or query.shape[0] != 1 or query.shape[2] == 1:
-        if attention_mask is not None and attention_mask.ndim == 2:
-            # No mask builder knows this kernel, so a padded batch arrives with its 2D padding mask.
-            q_len, kv_len = query.shape[2], key.shape[2]
-            visible = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
-            attention_mask = visible[None, None] & attention_mask[:, None, None, :].bool()
-            attention_mask = attention_mask | torch.eye(q_len, kv_len, dtype=torch.bool, device=query.device)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     if kwargs.get("softcap") is not None:
@@ -81,7 +77,18 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     return out.transpose(1, 2)[real].unsqueeze(0), None
 
 
+def packed_sdpa_mask(*args, attention_mask=None, **kwargs):
+    """A padded batch (a 2D padding mask: sampling, scoring) gets sdpa's mask; a packed row (no
+    padding mask: the position ids carry the sample boundaries) gets none, which keeps it on the
+    per-sample path above. Without a mask function of its own the kernel got no mask at all, and
+    a left-padded batch attended to its pads."""
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
 AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_forward)
+AttentionMaskInterface.register(PACKED_ATTENTION, packed_sdpa_mask)
 
 
 def use_packed_attention(model, requested: str | None) -> None:

@@ -72,3 +72,25 @@ def test_the_heldout_split_keeps_problems_whole():
     assert len(train) + len(heldout) == 40 and 0 < len(heldout) < 40
     assert not {s["problem"] for s in train} & {s["problem"] for s in heldout}
     assert split_heldout(samples, 0.0, seed=3) == (samples, [])
+
+
+def test_a_packed_model_generates_a_left_padded_batch_as_sdpa_does(tiny_model):
+    """A model switched to packed attention for training also samples (on-policy rollouts, the
+    demo builds' measurements): a left-padded batch with a KV cache must give what sdpa gives.
+    The padding mask's self-visible diagonal once sat at the cache's first key, a pad."""
+    model_dir = tiny_model("qwen2")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    enc = tok(["1 + 2 =", "a much longer prompt: 17 - 5 + 3 ="], return_tensors="pt", padding=True)
+    assert (enc["attention_mask"] == 0).any()
+    outputs = []
+    for kind in ("sdpa", PACKED_ATTENTION):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+        model.set_attn_implementation(kind)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=12, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+        outputs.append((out.sequences, torch.stack(out.scores)))
+    assert torch.equal(outputs[0][0], outputs[1][0])
+    torch.testing.assert_close(outputs[0][1], outputs[1][1], atol=1e-4, rtol=1e-4)
