@@ -183,8 +183,18 @@ def _loop_gate(rows: list[dict], cfg, current: dict, verdict) -> list[dict]:
 def _drop_gate(rows: list[dict], cfg, current: dict, verdict) -> tuple[list[dict], list[str]]:
     baseline_rows, samples, settings = load_baseline(cfg.baseline)
     baseline = per_problem(samples)
+    # The prompt is compared row by row: without --prompt-template each model is asked as it was
+    # trained (recorded), so the run-wide setting is None (an older report's rows lack the field:
+    # its run-wide setting was every row's template).
     differ = [f"{k} {settings[k]!r} there, {getattr(cfg, k)!r} here" for k in PROTOCOL
-              if k in settings and hasattr(cfg, k) and settings[k] != getattr(cfg, k)]
+              if k in settings and hasattr(cfg, k) and settings[k] != getattr(cfg, k)
+              and not (k == "prompt_template" and getattr(cfg, k) is None)]
+    for row in rows:
+        old = baseline_rows.get(_key(row)) or {}
+        there = old.get("prompt_template", settings.get("prompt_template"))
+        if getattr(cfg, "prompt_template", None) is None and there is not None \
+                and row.get("prompt_template") not in (None, there):
+            differ.append(f"{_name(row)}: prompt_template {there!r} there, {row['prompt_template']!r} here")
     notes = [f"baseline: {cfg.baseline} was measured with other settings ({'; '.join(differ)}): the drop "
              "compares two protocols, not only two models"] if differ else []
     drops, matched = [], 0

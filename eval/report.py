@@ -16,7 +16,7 @@ RESULT_KEYS = (
     "n_samples", "pass_at_1", "pass_at_k", "maj_at_k", "format_valid_rate", "truncation_rate", "loop_rate",
     "think_unclosed_rate", "answer_in_think_rate", "mean_response_tokens", "n_errors", "prompt_tokens_per_s",
     "decode_tokens_per_s", "ttft_s", "peak_rss_bytes", "size_bytes", "threads", "mean_kld", "top1_agreement",
-    "perplexity",
+    "perplexity", "prompt_template", "think",
 )
 
 # (header, key, format) of the table; columns whose figures are all missing are left out.

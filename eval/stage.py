@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from distill.backends.recorded import recorded_prompt
 from distill.core import progress
-from distill.core.chat import load_prompt_template, user_message
+from distill.core.chat import load_prompt_template, template_name, user_message
 from distill.core.errors import GateFailed
 from distill.core.progress import info
 from distill.core.records import StageRecord
@@ -118,7 +118,7 @@ def evaluate(config, label: str, spec: str, kind: str, target: str, rows: list[R
     measured.put(label, measurement_key(spec, config), figures)
     return [result_row(label=label, model=spec, backend=kind, benchmark=benchmark.name, think_budget=row.budget,
                        samples_per_problem=config.samples, **summarize(store.of_row(row.key), config.samples),
-                       **figures) for row in rows]
+                       prompt_template=template_name(row.template), think=row.think, **figures) for row in rows]
 
 
 def write_plots(results: list[dict], out: Path) -> list[Path]:

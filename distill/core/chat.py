@@ -30,6 +30,15 @@ def load_prompt_template(spec: str) -> str:
     return text
 
 
+def template_name(text: str) -> str:
+    """The bundled template's name whose text this is, else the text itself (what reports record:
+    the same template loaded from a name, a file or a literal is the same protocol)."""
+    for bundled in sorted(asset("prompts").glob("*.txt")):
+        if bundled.read_text(encoding="utf-8").rstrip("\n") == text:
+            return bundled.stem
+    return text
+
+
 def user_message(problem: str, template: str) -> str:
     return template.replace("{problem}", problem.strip())
 

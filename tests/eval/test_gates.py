@@ -219,3 +219,21 @@ def test_a_baseline_measured_with_other_settings_is_flagged(tmp_path):
     assert gates["failed"] == [] and gates["warnings"] == [
         f"baseline: {report} was measured with other settings (max_new_tokens 256 there, 128 here): the drop "
         "compares two protocols, not only two models"]
+
+
+def test_the_prompt_is_compared_row_by_row(tmp_path):
+    """Without --prompt-template each model is asked as it was trained: the run-wide setting is
+    None, and each row's template is compared with the baseline row's (or an older baseline's
+    run-wide one)."""
+    report = _baseline(tmp_path / "old", "q4", [True, False])
+    data = json.loads(report.read_text())
+    report.write_text(json.dumps({**data, "settings": {"prompt_template": "r1"}}))
+    row = {**_row("q4", [True, False]), "prompt_template": "r1"}
+    cfg = _cfg(baseline=str(report), max_drop=0.1, prompt_template=None)
+    assert check_gates([row], cfg, _samples("q4", [True, False]))["warnings"] == []
+    plain = {**row, "prompt_template": "plain"}
+    (warning,) = check_gates([plain], cfg, _samples("q4", [True, False]))["warnings"]
+    assert "row 'q4': prompt_template 'r1' there, 'plain' here" in warning
+    data["results"][0]["prompt_template"] = "plain"  # a newer baseline: its row's own template
+    report.write_text(json.dumps({**data, "settings": {"prompt_template": None}}))
+    assert check_gates([plain], cfg, _samples("q4", [True, False]))["warnings"] == []
