@@ -71,7 +71,7 @@ def test_demo_quick_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_full_demo_student_reaches_the_teacher(tmp_path):
     """The headline of the README, measured on every CI run: the full `distill demo` (default
-    seed, about 8 minutes on 2 cores) gives a student of at least 0.85x the teacher's pass@1, and
+    seed, about 5 minutes on 2 cores) gives a student of at least 0.85x the teacher's pass@1, and
     its q4_k_m file stays within 3 points of it."""
     out = tmp_path / "demo"
     result = _demo(out)
