@@ -58,6 +58,9 @@ def main(folder: str, tied: bool, head_alone: bool, out: str, policy: bool = Fal
     if dist.get_rank() == 0:
         with open(out, "w") as f:
             json.dump({"worst_gradient_difference": worst, "sharded": type(model.lm_head.weight).__name__}, f)
+    # Both processes past their last collective before either tears gloo down: without it one
+    # process now and then aborted at exit ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

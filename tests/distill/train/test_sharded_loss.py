@@ -30,10 +30,17 @@ def test_fsdp2_gradients_equal_the_full_computation(tiny_model, tmp_path, tied, 
     weight is whole (read after the forward, it was an empty shard with the head its own unit)."""
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(_free_port()), str(Path(__file__).with_name("fsdp_worker.py")),
-                           str(tiny_model("qwen2")), tied, head_alone, str(out), *([loss] if loss == "policy" else [])],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    for attempt in range(2):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", str(_free_port()), str(Path(__file__).with_name("fsdp_worker.py")),
+                               str(tiny_model("qwen2")), tied, head_alone, str(out),
+                               *([loss] if loss == "policy" else [])],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        # A gloo process now and then aborts at start-up or teardown on these machines (SIGABRT,
+        # "terminate called without an active exception"; seen about once in ten launches, with
+        # the sum checked or not): one more launch. A wrong gradient fails every launch.
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["sharded"] == "DTensor"  # the model really was sharded
