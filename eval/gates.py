@@ -48,6 +48,15 @@ def _key(row: dict) -> tuple:
     return row["label"], row.get("think_budget")
 
 
+def _paired(cfg, row: dict, baseline: dict, current: dict):
+    """The paired test of one row against the baseline's same label, on the problems both share."""
+    paired = paired_drop(baseline.get(_key(row), {}), current.get(_key(row), {}))
+    if paired is None:
+        raise UserError(f"baseline: {cfg.baseline}: {_name(row)} shares no problem with the baseline's "
+                        "samples.jsonl (another benchmark file, or problems of other ids)")
+    return paired
+
+
 def per_problem(samples: list[dict], outcome=lambda s: bool(s.get("correct"))) -> dict[tuple, dict[str, list[bool]]]:
     """(label, think_budget) -> problem id -> the outcome of its samples (by default, correct)."""
     out: dict[tuple, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
@@ -158,10 +167,7 @@ def _loop_gate(rows: list[dict], cfg, current: dict, verdict) -> list[dict]:
         if _key(row) not in baseline_rows:
             verdict(row, "max_loop_rate", SKIPPED, f"{_name(row)}: no row of this label in the baseline")
             continue
-        paired = paired_drop(baseline.get(_key(row), {}), current.get(_key(row), {}))
-        if paired is None:
-            raise UserError(f"baseline: {cfg.baseline}: {_name(row)} shares no problem with the baseline's "
-                            "samples.jsonl (another benchmark file, or problems of other ids)")
+        paired = _paired(cfg, row, baseline, current)
         figures = (f"loop_rate rose {paired.drop:+.4f} ({1 - paired.baseline:.4f} -> {1 - paired.current:.4f} on "
                    f"{paired.n_problems} shared problems; 95% interval {paired.low:+.4f} to {paired.high:+.4f}, "
                    f"{paired.test} p = {paired.p_value:.3g})")
@@ -207,10 +213,7 @@ def _drop_gate(rows: list[dict], cfg, current: dict, verdict) -> tuple[list[dict
             raise UserError(f"baseline: {cfg.baseline}: row '{row['label']}' was measured on "
                             f"'{old.get('benchmark')}', this run on '{row['benchmark']}'")
         matched += 1
-        paired = paired_drop(baseline.get(_key(row), {}), current.get(_key(row), {}))
-        if paired is None:
-            raise UserError(f"baseline: {cfg.baseline}: {_name(row)} shares no problem with the baseline's "
-                            "samples.jsonl (another benchmark file, or problems of other ids)")
+        paired = _paired(cfg, row, baseline, current)
         figures = (f"pass_at_1 dropped {paired.drop:.4f} ({paired.baseline:.4f} -> {paired.current:.4f} on "
                    f"{paired.n_problems} shared problems; 95% interval {paired.low:+.4f} to {paired.high:+.4f}, "
                    f"{paired.test} p = {paired.p_value:.3g})")
