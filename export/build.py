@@ -8,6 +8,7 @@ from typing import Optional
 
 from distill.core.progress import info
 
+from .child import Child
 from .config import GGUF_FLOAT_TYPES, NEEDS_IMATRIX, ExportConfig
 from .fit import fit_gguf
 from .fit_types import FitTarget
@@ -90,11 +91,12 @@ def build_onnx_folders(config: ExportConfig, folder: Path, precisions: list[str]
 
 
 def validate_all(artifacts: list[Artifact], reference: ReferenceProcess, base_f16: Optional[Path],
-                 threads: int, max_quant_kld: float, work: Path, heldout: Optional[HeldOut] = None
-                 ) -> tuple[dict[Path, dict], Optional[dict]]:
+                 threads: int, max_quant_kld: float, work: Path, heldout: Optional[HeldOut] = None,
+                 waiting: Optional[Child] = None) -> tuple[dict[Path, dict], Optional[dict]]:
     """Validation result per artifact path, and that of the hidden base f16 file if there is one.
     Each GGUF is checked in a child process (validate.check_gguf); the first one loads and
-    decodes while the reference process still loads the HF model. The f16 file's held-out
+    decodes while the reference process still loads the HF model, in `waiting` when the export
+    started one before writing (it is stopped when there is no float file). The f16 file's held-out
     logits stay in `work` for the quantized files' comparison. With `heldout`, GGUF files are
     also measured against f16 on the held-out calibration texts."""
     results: dict[Path, dict] = {}
@@ -106,8 +108,10 @@ def validate_all(artifacts: list[Artifact], reference: ReferenceProcess, base_f1
     if first is not None and first[1] in GGUF_FLOAT_TYPES:
         child = start_check_gguf(first[0], first[1], split_threads(threads)[1], None, max_quant_kld,
                                  f16_logits if first[1] == "f16" else None, work / f"check-{first[0].name}.log",
-                                 heldout)
+                                 heldout, waiting)
         child.send(inputs_part(reference.inputs()))
+    elif waiting is not None:
+        waiting.stop()
     ref = reference.inputs()
     if base_f16 is not None:
         info("Checking the base f16 GGUF against the source model")

@@ -46,14 +46,26 @@ class Child:
     send further parts the job waits for, `receive` reads what it sends back meanwhile, and
     `finish` collects its result."""
 
-    def __init__(self, op: str, job: dict, log_path: Path):
+    def __init__(self, op: str, job: dict | None, log_path: Path):
         env = {**os.environ, "GGML_NO_BACKTRACE": "1"}  # else the last lines are a debugger's frames
         self.job, self.log_path = job, log_path
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "distill.export.worker", op], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log, env=env,
                                          cwd=Path(log_path).resolve().parent)
+        if job is not None:
+            self.send(job)
+
+    @classmethod
+    def waiting(cls, op: str, log_path: Path) -> "Child":
+        """A child started before its job is known: Python and the runtime import while this
+        process does other work, and `begin` hands it the job."""
+        return cls(op, None, log_path)
+
+    def begin(self, job: dict) -> "Child":
+        self.job = job
         self.send(job)
+        return self
 
     def send(self, part: dict) -> None:
         try:

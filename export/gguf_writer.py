@@ -104,33 +104,48 @@ def add_hparams(writer: gguf.GGUFWriter, config: dict, facts: ModelFacts, ftype:
     return factors
 
 
-def _convert(tensor, qtype: gguf.GGMLQuantizationType) -> "np.ndarray":
-    import torch
+# Tensors are read with the gguf package's own safetensors reader (the one llama.cpp's converter
+# uses): a memory map per tensor and numpy, so that writing a GGUF imports no torch (a second on
+# these machines, most of a small model's export).
+_NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+def _read(tensor: "gguf.utility.LocalTensor", where: str) -> "np.ndarray":
+    """The tensor as float32 (bfloat16 widened exactly), or its raw bfloat16 bits as uint16."""
+    if tensor.dtype not in _NUMPY_DTYPES:
+        raise UserError(f"{where}: dtype {tensor.dtype} is not supported (F32, F16, BF16)")
+    return tensor.mmap_bytes().view(_NUMPY_DTYPES[tensor.dtype]).reshape(tensor.shape)
+
+
+def _convert(data: "np.ndarray", qtype: gguf.GGMLQuantizationType) -> "np.ndarray":
+    """float32/float16 values or raw bfloat16 bits (uint16) -> the file's type; bfloat16 from a
+    wider type is rounded to nearest even by gguf's own BF16 quantizer, as the converter does."""
+    if data.dtype == np.uint16:
+        if qtype == gguf.GGMLQuantizationType.BF16:
+            return data.view(np.int16)  # already bfloat16: copied bit for bit
+        data = (data.astype(np.uint32) << 16).view(np.float32)  # exact
     if qtype == gguf.GGMLQuantizationType.F32:
-        return tensor.to(torch.float32).numpy()
+        return data.astype(np.float32)
     if qtype == gguf.GGMLQuantizationType.F16:
-        return tensor.to(torch.float16).numpy()
-    return tensor.to(torch.bfloat16).view(torch.int16).numpy()
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.BF16).view(np.int16) \
+        .reshape(data.shape)
 
 
 def plan_tensors(folder: Path, config: dict, facts: ModelFacts, ftype: str,
                  rope_factors: Optional["np.ndarray"]) -> list[PlannedTensor]:
-    from safetensors import safe_open
-
     name_map = gguf.get_tensor_name_map(ARCHES[facts.arch], facts.layers)
     plan: list[PlannedTensor] = []
     seen = set()
     for path in safetensors_files(folder):
-        with safe_open(path, framework="pt") as st:
-            keys = list(st.keys())
-            shapes = {k: tuple(st.get_slice(k).get_shape()) for k in keys}
-        for key in keys:
+        tensors = gguf.utility.SafetensorsLocal(path).tensors  # the header; data is mapped when written
+        for key, tensor in tensors.items():
             if key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and facts.tied):
                 continue
             gguf_name = name_map.get_name(key, try_suffixes=(".weight", ".bias"))
             if gguf_name is None:
                 raise UserError(f"{path}: tensor '{key}' has no place in a GGUF {facts.arch} model")
-            shape = shapes[key]
+            shape = tuple(tensor.shape)
             heads = None
             if facts.arch == "llama" and key.endswith(("q_proj.weight", "q_proj.bias")):
                 heads = facts.heads
@@ -140,13 +155,13 @@ def plan_tensors(folder: Path, config: dict, facts: ModelFacts, ftype: str,
             small = len(shape) <= 1 or gguf_name.endswith("_norm.weight")
             qtype = gguf.GGMLQuantizationType.F32 if small else MATRIX_TYPES[ftype]
 
-            def load(path=path, key=key, heads=heads, qtype=qtype):
-                import torch
-                with safe_open(path, framework="pt") as st:
-                    t = st.get_tensor(key)
+            def load(tensor=tensor, where=f"{path}: {key}", heads=heads, qtype=qtype):
+                data = _read(tensor, where)
                 if heads is not None:
-                    t = permute_rotary(t.to(torch.float32), heads)
-                return _convert(t, qtype)
+                    if data.dtype == np.uint16:  # bfloat16 bits: a permutation moves them unchanged
+                        return _convert(permute_rotary(data, heads), qtype)
+                    data = permute_rotary(data.astype(np.float32), heads)
+                return _convert(data, qtype)
 
             plan.append(PlannedTensor(gguf_name, shape, qtype, load))
             seen.add(gguf_name)

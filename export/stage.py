@@ -23,13 +23,13 @@ from distill.core.records import StageRecord
 
 from .build import build_fit, build_ggufs, build_onnx_folders, build_uncalibrated, validate_all
 from .calibration import Calibration, resolve_calibration
+from .child import Child
 from .config import GGUF_FLOAT_TYPES, ExportConfig
 from .fit import neighbour_figures
 from .gguf_info import describe_gguf
 from .gguf_writer import plan_tensors
 from .imatrix import check_names, model_matrices, prepare_imatrix, read_imatrix
 from .onnx_export import builder_options
-from .onnx_graph import describe_graph
 from .package import (artifact_entry, chat_template_of, now, plot_kld_vs_size, tool_versions, usual_permissions,
                       write_card_files, write_tarball)
 from .plan import ExportPlan, require_imatrix, split_threads
@@ -52,16 +52,19 @@ def run(config: ExportConfig) -> dict:
     plan = ExportPlan.of(config)  # everything wrong with the request is found before any work
     out_existed = plan.out.exists()
     work = plan.work_folder()
-    reference = None
+    reference = checker = None
     try:
         source = prepare_source(config, plan, work)
-        # The HF reference is made in a child process while the inputs are hashed and the files written.
+        # The HF reference is made in a child process while the inputs are hashed and the files
+        # written, and the first GGUF's checker starts beside it: importing torch and transformers
+        # there is the longest part of validating a small model.
         reference = ReferenceProcess(source.folder, new_tokens=16, threads=split_threads(plan.check_threads)[0],
                                      trust_remote_code=config.trust_remote_code,
                                      work=work / "reference") if config.validate else None
+        checker = Child.waiting("check_gguf", work / "check-first.log") if config.validate and plan.gguf else None
         with StageRecord("export", config, plan.out) as rec:
             with atomic_dir(plan.out, overwrite=True) as build:
-                entries, extra, failures = build_artifacts(config, plan, source, reference, build, work)
+                entries, extra, failures = build_artifacts(config, plan, source, reference, checker, build, work)
                 manifest, files = save_package(config, plan, source, entries, extra, failures, build,
                                                (rec.inputs.get("model") or {}).get("sha256"))
             rec.outputs = [plan.out / name for name in files]
@@ -79,8 +82,9 @@ def run(config: ExportConfig) -> dict:
             plan.out.rmdir()
         raise
     finally:
-        if reference is not None:
-            reference.stop()
+        for helper in (reference, checker):
+            if helper is not None:
+                helper.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -109,8 +113,9 @@ def prepare_source(config: ExportConfig, plan: ExportPlan, work: Path) -> Source
 
 
 def build_artifacts(config: ExportConfig, plan: ExportPlan, source: Source, reference: Optional[ReferenceProcess],
-                    build: Path, work: Path) -> tuple[list[dict], dict, list[str]]:
-    """The artifacts in `build`, validated: (manifest entries, extra manifest sections, failures)."""
+                    checker: Optional[Child], build: Path, work: Path) -> tuple[list[dict], dict, list[str]]:
+    """The artifacts in `build`, validated: (manifest entries, extra manifest sections, failures).
+    `checker` is a check_gguf child started early, for the first GGUF validated."""
     if source.calibration is not None and reference is not None:
         reference.release()  # one copy of the model at a time: the matrix pass loads it again
     imatrix, imatrix_info = (None, None) if source.calibration is None else prepare_imatrix(
@@ -132,7 +137,7 @@ def build_artifacts(config: ExportConfig, plan: ExportPlan, source: Source, refe
         heldout = HeldOut([t.tolist() for t in source.calibration.heldout], work / "f16-heldout-logits.npy")
     results, base_result = ({}, None) if reference is None else validate_all(
         artifacts + uncalibrated + neighbours, reference, base_f16, plan.check_threads, config.max_quant_kld, work,
-        heldout)
+        heldout, checker)
     if reference is not None:
         reference.stop()  # its model is not needed any more
     failures = [f"base f16: {f}" for f in (base_result or {}).get("failures", [])]
@@ -161,6 +166,7 @@ def manifest_entries(artifacts, uncalibrated, results, build: Path, facts: Model
                 entry["uncalibrated"] = {"bytes": without[quant].stat().st_size, **describe_gguf(without[quant]),
                                          "validation": results.get(without[quant])}
         if fmt == "onnx":  # what we asked the builder for, and what its graph holds
+            from .onnx_graph import describe_graph  # onnx takes 0.6 s to import: not for GGUF-only exports
             entry["onnx_options"] = builder_options(quant, config.onnx_block_size, config.onnx_accuracy_level)[1]
             entry["graph"] = describe_graph(path)
         if path in results:

@@ -120,12 +120,14 @@ def _aborted(e: NativeAbort) -> dict:
 
 
 def start_check_gguf(path: Path, quant: str, threads: int, f16_logits: Optional[Path], max_quant_kld: float,
-                     save_logits: Optional[Path], log_path: Path, heldout: Optional[HeldOut] = None) -> Child:
-    """Start checking a GGUF in a child process: it loads the file now, decodes its own outputs
-    once it gets `inputs_part`, and compares them once it gets `logits_part`
+                     save_logits: Optional[Path], log_path: Path, heldout: Optional[HeldOut] = None,
+                     waiting: Optional[Child] = None) -> Child:
+    """Start checking a GGUF in a child process (`waiting`, one started earlier with
+    `Child.waiting("check_gguf", ...)`, or a new one): it loads the file now, decodes its own
+    outputs once it gets `inputs_part`, and compares them once it gets `logits_part`
     (`finish_check_gguf`)."""
-    return Child("check_gguf", _gguf_job(path, quant, threads, f16_logits, max_quant_kld, save_logits, heldout),
-                 log_path)
+    job = _gguf_job(path, quant, threads, f16_logits, max_quant_kld, save_logits, heldout)
+    return waiting.begin(job) if waiting is not None else Child("check_gguf", job, log_path)
 
 
 def finish_check_gguf(child: Child, ref: Reference, work: Path, inputs_sent: bool = False) -> dict:

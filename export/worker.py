@@ -31,6 +31,8 @@ def main() -> int:
         result_out.write(json.dumps(message) + "\n")
         result_out.flush()
 
+    if sys.argv[1] == "check_gguf":
+        import llama_cpp  # noqa: F401 - imported while the parent may still be writing the file
     emit(OPS[sys.argv[1]](more(), more, emit))
     return 0
 

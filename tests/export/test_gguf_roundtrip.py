@@ -150,3 +150,28 @@ def test_bf16_and_sharded_checkpoints(student, tmp_path):
     write_gguf(folder, config, facts, out, "bf16", "m")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.bfloat16).state_dict()
     assert all(torch.equal(loaded[name], weight) for name, weight in model.state_dict().items())
+
+
+@pytest.mark.parametrize("source_dtype", [torch.float32, torch.bfloat16])
+def test_every_type_rounds_as_torch_does(student, tmp_path, source_dtype):
+    """The writer reads with numpy, not torch: each file type holds exactly the bits torch's own
+    conversion gives (round to nearest even), q/k rows permuted, from an fp32 and a bf16 source."""
+    import gguf
+    model = _hf(student("llama")).to(source_dtype)
+    folder = tmp_path / "src"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(student("llama")).save_pretrained(folder)
+    config = check_model_folder(folder)
+    facts = model_facts(folder, config)
+    weights = model.state_dict()
+    for ftype, dtype in (("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)):
+        out = tmp_path / f"m-{ftype}.gguf"
+        write_gguf(folder, config, facts, out, ftype, "m")
+        tensors = {t.name: t for t in gguf.GGUFReader(out).tensors}
+        q = weights["model.layers.0.self_attn.q_proj.weight"]
+        want = permute_rotary(q.float(), facts.heads).to(dtype)
+        got = torch.from_numpy(np.asarray(tensors["blk.0.attn_q.weight"].data).copy())
+        assert torch.equal(got.view(dtype).reshape(want.shape), want), ftype
+        up = weights["model.layers.0.mlp.up_proj.weight"].to(dtype)
+        got = torch.from_numpy(np.asarray(tensors["blk.0.ffn_up.weight"].data).copy())
+        assert torch.equal(got.view(dtype).reshape(up.shape), up), ftype
