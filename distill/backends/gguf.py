@@ -25,7 +25,7 @@ Options of `load` (unknown ones are ignored, so callers can pass one set to ever
                 window being the longest prompt plus max_new_tokens (at most n_ctx). Default
                 (None): 32, fewer when that cache would take more than a quarter of the memory
                 available, so that a large model with long answers still fits a small device
-    flash_attn  llama.cpp's fused attention (on; off is llama-cpp-python's default)
+    flash_attn  llama.cpp's fused attention (off, as in llama-cpp-python: slower on CPUs, below)
 
 Beyond the contract the backend exposes `llm` (the `llama_cpp.Llama`, used for the vocabulary,
 the chat template and anyone who wants llama-cpp-python's own API) and `count_tokens(text)`.
@@ -48,8 +48,9 @@ from .types import Collector, Completion, Sampling
 from .llamacpp import open_llama
 
 MAX_SEQUENCES = 256   # llama.cpp's LLAMA_MAX_SEQ
-# On two CPU cores a decode step of 32 sequences costs 2.1 ms a token against 2.3 at 16 and 6.8
-# alone (bench/bench_sampling.py): the default batch, when its KV cache fits.
+# On two CPU cores a decode step of 32 sequences costs 3.3 ms a token at position 60 and 5.7 at
+# 900, against 3.8 and 6.2 at 16 and 13.6 and 16.5 alone (SmolLM2 q8_0, bench/bench_sampling.py):
+# the default batch, when its KV cache fits.
 AUTO_BATCH = 32
 
 
@@ -67,7 +68,7 @@ def available_memory() -> int:
 
 
 def load(target: str, n_ctx: int = 8192, threads: int | None = None, n_batch: int = 512,
-         batch_size: int | None = None, flash_attn: bool = True, **_unused) -> "GGUFBackend":
+         batch_size: int | None = None, flash_attn: bool = False, **_unused) -> "GGUFBackend":
     path = Path(target)
     if not path.is_file():
         raise UserError(f"gguf:{target}: no such file")
@@ -80,8 +81,9 @@ def load(target: str, n_ctx: int = 8192, threads: int | None = None, n_batch: in
         raise UserError("gguf: llama-cpp-python is not installed (pip install llama-cpp-python)") from None
     threads = threads or os.cpu_count() or 1
     try:
-        # Flash attention: llama-cpp-python turns it off unless asked; on two CPU cores it makes
-        # a decode step of 16 sequences 1.4x faster (bench/bench_sampling.py prints both).
+        # Flash attention stays off: on two CPU cores its decode step grows with the position
+        # twice as fast (SmolLM2 q8_0, 32 sequences: 2.98 against 3.31 ms a token at position 60,
+        # 13.5 against 5.7 at 900; bench/bench_sampling.py prints both), and reasoning is long.
         llm = open_llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=n_batch,
                          flash_attn=flash_attn, verbose=False)
     except (ValueError, RuntimeError) as e:

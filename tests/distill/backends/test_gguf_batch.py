@@ -82,19 +82,6 @@ def test_seeds_per_sample_do_not_depend_on_the_batch(smol):
     assert len(lengths) > 1                                            # rows really ended apart
 
 
-def test_rows_drawn_on_two_threads_are_the_same_samples(smol):
-    """With two threads the rows of a step draw their tokens in a thread pool: the samples must
-    be the very ones drawn one after another on one thread."""
-    prompts = [smol.render(q) for q in QUESTIONS[:3]]
-    sampled = Sampling(n=4, max_new_tokens=20, temperature=0.8, top_p=0.95, seed=11)
-    two = load_backend(f"gguf:{GGUF}", n_ctx=512, threads=2, batch_size=8)
-    try:
-        assert [[c.token_ids for c in cs] for cs in two.generate(prompts, sampled)] == \
-            [[c.token_ids for c in cs] for cs in smol.generate(prompts, sampled)]
-    finally:
-        two.close()
-
-
 def test_stops_and_budgets_end_only_their_own_row(smol):
     prompts = [smol.render(q) for q in QUESTIONS]
     free = smol.generate(prompts, Sampling(max_new_tokens=16))
@@ -191,3 +178,30 @@ def test_default_batch_is_32_unless_its_kv_cache_outgrows_a_quarter_of_free_memo
         assert seen == [3]
     finally:
         auto.close()
+
+
+def test_a_shared_system_prompt_is_evaluated_once_and_copied(smol, monkeypatch):
+    """Prompts that begin alike (here the template's system prompt) take that beginning from the
+    cache of a running sample: fewer prompt tokens evaluated than one at a time, where no copy
+    can happen, and the same greedy text but for a near tie."""
+    import os
+
+    from distill.backends import gguf_batch
+    evaluated = []
+    real = gguf_batch.BatchDecoder._decode
+
+    def counting(self, tokens):
+        evaluated.append(sum(not wants for *_, wants in tokens))
+        return real(self, tokens)
+
+    monkeypatch.setattr(gguf_batch.BatchDecoder, "_decode", counting)
+    prompts = [smol.render(q) for q in QUESTIONS]
+    shared = len(os.path.commonprefix([smol.tokenize(p) for p in prompts]))
+    assert shared >= gguf_batch.MIN_SHARED
+    greedy = Sampling(n=1, max_new_tokens=12, temperature=0.0)
+    batched = smol.generate(prompts, greedy)
+    in_batch, evaluated[:] = sum(evaluated), []
+    alone = smol.generate(prompts, greedy, batch_size=1)
+    assert sum(evaluated) - in_batch == (len(prompts) - 1) * shared
+    same = sum(b[0].token_ids == a[0].token_ids for b, a in zip(batched, alone))
+    assert same >= len(prompts) - 1
