@@ -105,21 +105,24 @@ def add_hparams(writer: gguf.GGUFWriter, config: dict, facts: ModelFacts, ftype:
 
 
 # Tensors are read with the gguf package's own safetensors reader (the one llama.cpp's converter
-# uses): a memory map per tensor and numpy, so that writing a GGUF imports no torch (a second on
-# these machines, most of a small model's export).
+# uses), a memory map per tensor. Their types are cast by numpy for a small model and by torch for
+# a large one: importing torch costs a second, numpy's casts to float16 are 5x slower than
+# torch's (2.75 against 0.55 ns an element here), so torch pays from about 400M parameters
+# (SmolLM2-135M f16: 1.5 s with numpy; the 1.5B shape: 25 s with numpy, bench/gpu.py --cpu-export).
+TORCH_CASTS_FROM = 400_000_000
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 
 def _read(tensor: "gguf.utility.LocalTensor", where: str) -> "np.ndarray":
-    """The tensor as float32 (bfloat16 widened exactly), or its raw bfloat16 bits as uint16."""
+    """The tensor as stored: float32 or float16 values, or raw bfloat16 bits as uint16."""
     if tensor.dtype not in _NUMPY_DTYPES:
         raise UserError(f"{where}: dtype {tensor.dtype} is not supported (F32, F16, BF16)")
     return tensor.mmap_bytes().view(_NUMPY_DTYPES[tensor.dtype]).reshape(tensor.shape)
 
 
 def _convert(data: "np.ndarray", qtype: gguf.GGMLQuantizationType) -> "np.ndarray":
-    """float32/float16 values or raw bfloat16 bits (uint16) -> the file's type; bfloat16 from a
-    wider type is rounded to nearest even by gguf's own BF16 quantizer, as the converter does."""
+    """numpy: float32/float16 values or raw bfloat16 bits (uint16) -> the file's type; bfloat16
+    from a wider type is rounded to nearest even by gguf's own BF16 quantizer, as torch does."""
     if data.dtype == np.uint16:
         if qtype == gguf.GGMLQuantizationType.BF16:
             return data.view(np.int16)  # already bfloat16: copied bit for bit
@@ -132,9 +135,22 @@ def _convert(data: "np.ndarray", qtype: gguf.GGMLQuantizationType) -> "np.ndarra
         .reshape(data.shape)
 
 
+def _convert_torch(data: "np.ndarray", qtype: gguf.GGMLQuantizationType) -> "np.ndarray":
+    """The same casts as `_convert`, bit for bit, by torch."""
+    import torch
+    tensor = torch.from_numpy(data.view(np.int16)).view(torch.bfloat16) if data.dtype == np.uint16 \
+        else torch.from_numpy(data)
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return tensor.to(torch.float32).numpy()
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return tensor.to(torch.float16).numpy()
+    return tensor.to(torch.bfloat16).view(torch.int16).numpy()
+
+
 def plan_tensors(folder: Path, config: dict, facts: ModelFacts, ftype: str,
                  rope_factors: Optional["np.ndarray"]) -> list[PlannedTensor]:
     name_map = gguf.get_tensor_name_map(ARCHES[facts.arch], facts.layers)
+    cast = _convert_torch if facts.parameters >= TORCH_CASTS_FROM else _convert
     plan: list[PlannedTensor] = []
     seen = set()
     for path in safetensors_files(folder):
@@ -157,11 +173,9 @@ def plan_tensors(folder: Path, config: dict, facts: ModelFacts, ftype: str,
 
             def load(tensor=tensor, where=f"{path}: {key}", heads=heads, qtype=qtype):
                 data = _read(tensor, where)
-                if heads is not None:
-                    if data.dtype == np.uint16:  # bfloat16 bits: a permutation moves them unchanged
-                        return _convert(permute_rotary(data, heads), qtype)
-                    data = permute_rotary(data.astype(np.float32), heads)
-                return _convert(data, qtype)
+                if heads is not None:  # a permutation moves values (or bfloat16 bits) unchanged
+                    data = permute_rotary(data, heads)
+                return cast(data, qtype)
 
             plan.append(PlannedTensor(gguf_name, shape, qtype, load))
             seen.add(gguf_name)

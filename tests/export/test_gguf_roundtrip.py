@@ -152,11 +152,16 @@ def test_bf16_and_sharded_checkpoints(student, tmp_path):
     assert all(torch.equal(loaded[name], weight) for name, weight in model.state_dict().items())
 
 
+@pytest.mark.parametrize("casts", ["numpy", "torch"])
 @pytest.mark.parametrize("source_dtype", [torch.float32, torch.bfloat16])
-def test_every_type_rounds_as_torch_does(student, tmp_path, source_dtype):
-    """The writer reads with numpy, not torch: each file type holds exactly the bits torch's own
-    conversion gives (round to nearest even), q/k rows permuted, from an fp32 and a bf16 source."""
+def test_every_type_rounds_as_torch_does(student, tmp_path, source_dtype, casts, monkeypatch):
+    """The writer casts with numpy for a small model, with torch for a large one: either way each
+    file type holds exactly the bits torch's own conversion gives (round to nearest even), q/k
+    rows permuted, from an fp32 and a bf16 source."""
     import gguf
+
+    from distill.export import gguf_writer
+    monkeypatch.setattr(gguf_writer, "TORCH_CASTS_FROM", 0 if casts == "torch" else 10**12)
     model = _hf(student("llama")).to(source_dtype)
     folder = tmp_path / "src"
     model.save_pretrained(folder)
