@@ -106,7 +106,9 @@ def validate_all(artifacts: list[Artifact], reference: ReferenceProcess, base_f1
     first = (base_f16, "f16") if base_f16 is not None else (ggufs[0][0], ggufs[0][2]) if ggufs else None
     child = None
     if first is not None and first[1] in GGUF_FLOAT_TYPES:
-        child = start_check_gguf(first[0], first[1], split_threads(threads)[1], None, max_quant_kld,
+        # beside a reference process it gets the other half of the threads; beside a recorded one, all
+        child = start_check_gguf(first[0], first[1], threads if reference.cached else split_threads(threads)[1],
+                                 None, max_quant_kld,
                                  f16_logits if first[1] == "f16" else None, work / f"check-{first[0].name}.log",
                                  heldout, waiting)
         child.send(inputs_part(reference.inputs()))

@@ -48,6 +48,7 @@ class ExportConfig:
     name: str = option("model", "Base name of the artifacts (<name>-<quant>.gguf, <name>-onnx-<precision>/)")
     gguf_pre: Optional[str] = option(None, "Override tokenizer.ggml.pre (default: detected from the tokenizer)")
     validate: bool = option(True, "Check every artifact against the source model")
+    reference_cache: bool = option(True, "Keep the source model's reference outputs for the next export of the same weights, and use a kept one (in $DISTILL_CACHE, default ~/.cache/distill)")
     max_quant_kld: float = option(1.0, "Fail when a quantized GGUF's mean KL divergence from the f16 one exceeds this (nats)")
     overwrite: bool = option(False, "Replace an existing output folder")
     tarball: bool = option(False, "Also write a .tar.gz with the target's artifacts")

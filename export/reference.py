@@ -2,10 +2,15 @@
 distributions on fixed text, in fp32, and its verdict on each artifact's greedy continuations.
 
 The export makes the reference in a child process (ReferenceProcess) while it writes the GGUF
-files. Greedy runs are judged by teacher forcing: one forward pass of the HF model over the
+files, or reads the one an earlier export of the same weights recorded (reference_cache.py).
+Greedy runs are judged by teacher forcing: one forward pass of the HF model over the
 prompt and the artifact's tokens shows at every step whether the HF model would have chosen that
 token. That is the verdict of decoding the HF model step by step and comparing, for one pass
-instead of one weight-bound step per token.
+instead of one weight-bound step per token. A continuation that matches exactly is the HF
+model's own greedy path, and its rows are what a recorded reference judges the next export's
+artifacts with (`judge_against`): they are the rows teacher forcing would give for as long as an
+artifact picks the same tokens, and at its first other token the row says whether that was a
+clear difference or a tie.
 """
 
 from __future__ import annotations
@@ -131,6 +136,16 @@ def reference_inputs(folder: Path, trust_remote_code: bool, new_tokens: int) -> 
             "new_tokens": new_tokens}
 
 
+def judge_against(paths: Callable[[], list[tuple[list[int], np.ndarray]]], eos: set[int], new_tokens: int):
+    """A `Reference.judge` from the HF model's greedy paths: (tokens, next-token logits before each
+    of them) per prompt, token i being row i's argmax."""
+    def judge(index: int, tokens: list[int], rel_tolerance: float) -> Callable[[], dict]:
+        # The paths hold new_tokens rows at most; an artifact's run is that long at most anyway.
+        tokens = _until_eos([int(t) for t in tokens], eos)[:new_tokens]
+        return lambda: greedy_verdict(paths()[index][1], tokens, eos, rel_tolerance, new_tokens)
+    return judge
+
+
 def local_reference(folder: Path, new_tokens: int = 16, trust_remote_code: bool = False) -> Reference:
     """The reference made in this process (tests; the export makes it in a ReferenceProcess)."""
     hf = HFModel(folder, trust_remote_code)
@@ -138,7 +153,7 @@ def local_reference(folder: Path, new_tokens: int = 16, trust_remote_code: bool 
     logits = torch_logits(hf.loaded(), inputs["held_out"])
 
     def judge(index: int, tokens: list[int], rel_tolerance: float) -> Callable[[], dict]:
-        verdict = judge_greedy(hf, inputs, index, tokens, rel_tolerance)
+        verdict, _ = judge_greedy(hf, inputs, index, tokens, rel_tolerance)
         return lambda: verdict
 
     return Reference.from_inputs(inputs, held_out_logits=lambda: logits, judge=judge)
@@ -150,18 +165,24 @@ class ReferenceProcess:
     hashes and writes the GGUF files (in a thread they would take turns on the GIL). It sends
     the token ids first, so that a llama.cpp check can decode its own outputs while the model
     still loads, then the held-out logits (a .npy file in `work`), then the verdicts asked for,
-    in order; `release` frees its model until it is needed again."""
+    in order; `release` frees its model until it is needed again. The first exact match of each
+    prompt keeps its rows (a .npy file), so that the reference can be recorded (`parts`)."""
+
+    cached = False
 
     def __init__(self, folder: Path, new_tokens: int, threads: int, trust_remote_code: bool, work: Path):
         from .child import Child, absolute
 
         work.mkdir(parents=True, exist_ok=True)
-        self.folder, logits_path = folder, work / "held_out_logits.npy"
+        self.folder, self.work, logits_path = folder, work, work / "held_out_logits.npy"
         self.child = Child("reference", {"folder": absolute(folder), "new_tokens": new_tokens, "threads": threads,
-                                         "trust_remote_code": trust_remote_code, "logits": absolute(logits_path)},
+                                         "trust_remote_code": trust_remote_code, "logits": absolute(logits_path),
+                                         "work": absolute(work)},
                            work / "reference.log")
+        self._inputs: dict | None = None
         self._ref: Reference | None = None
         self._logits: np.ndarray | None = None
+        self._paths: dict[int, tuple[list[int], Path]] = {}  # prompt -> an exactly matching run's rows
         self._asked = 0            # verdicts asked for
         self._verdicts: list = []  # verdicts read so far, in the order asked
 
@@ -178,8 +199,8 @@ class ReferenceProcess:
     def inputs(self) -> Reference:
         """The reference, once its token ids are there (the model's outputs follow)."""
         if self._ref is None:
-            self._ref = Reference.from_inputs(self._receive(), held_out_logits=self._held_out_logits,
-                                              judge=self._judge)
+            self._inputs = self._receive()
+            self._ref = Reference.from_inputs(self._inputs, held_out_logits=self._held_out_logits, judge=self._judge)
         return self._ref
 
     def _held_out_logits(self) -> np.ndarray:
@@ -195,9 +216,23 @@ class ReferenceProcess:
         def verdict() -> dict:
             self._held_out_logits()  # sent before any verdict
             while len(self._verdicts) <= number:
-                self._verdicts.append(self._receive())
+                received = self._receive()
+                rows = received.pop("rows", None)
+                if rows is not None:
+                    self._paths.setdefault(received.pop("index"), (received.pop("tokens"), Path(rows)))
+                self._verdicts.append(received)
             return self._verdicts[number]
         return verdict
+
+    def complete(self) -> bool:
+        """Whether every prompt has the HF model's greedy path (some artifact matched it exactly)."""
+        return self._inputs is not None and len(self._paths) == len(self._inputs["prompts"])
+
+    def parts(self) -> tuple[dict, Path, list[tuple[list[int], np.ndarray]]]:
+        """(token ids and settings, the held-out logits' .npy file, the greedy paths), once complete."""
+        self._held_out_logits()
+        paths = [(tokens, np.load(rows)) for tokens, rows in (self._paths[i] for i in range(len(self._paths)))]
+        return self._inputs, self.work / "held_out_logits.npy", paths
 
     def release(self) -> None:
         self._held_out_logits()
@@ -217,11 +252,19 @@ def reference_here(job: dict, more, emit) -> dict:
     emit(inputs)
     np.save(job["logits"], torch_logits(hf.loaded(), inputs["held_out"]))
     emit({"held_out_logits": job["logits"]})
+    judged = 0
     while (request := more()) is not None:
         if request.get("release"):
             hf.model = None
         else:
-            emit(judge_greedy(hf, inputs, request["index"], request["tokens"], request["tolerance"]))
+            verdict, rows = judge_greedy(hf, inputs, request["index"], request["tokens"], request["tolerance"])
+            if verdict["exact"]:  # the HF model's own greedy path: kept for a recorded reference
+                np.save(Path(job["work"]) / f"greedy-{judged}.npy", rows)
+                verdict = {**verdict, "index": request["index"],
+                           "tokens": _until_eos(request["tokens"], set(inputs["eos_ids"])),
+                           "rows": str(Path(job["work"]) / f"greedy-{judged}.npy")}
+            judged += 1
+            emit(verdict)
     return {}
 
 
@@ -232,9 +275,10 @@ def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     return tokens
 
 
-def judge_greedy(hf: HFModel, inputs: dict, index: int, tokens: list[int], rel_tolerance: float) -> dict:
+def judge_greedy(hf: HFModel, inputs: dict, index: int, tokens: list[int],
+                 rel_tolerance: float) -> tuple[dict, np.ndarray]:
     """An artifact's greedy continuation of prompt `index`, judged by the HF model (teacher
-    forced; the logits of the prompt's own positions are not computed)."""
+    forced; the logits of the prompt's own positions are not computed): the verdict and the rows."""
     import torch
 
     eos = set(inputs["eos_ids"])
@@ -242,7 +286,7 @@ def judge_greedy(hf: HFModel, inputs: dict, index: int, tokens: list[int], rel_t
     with torch.inference_mode():
         logits = hf.loaded()(torch.tensor([inputs["prompts"][index] + tokens]),
                              logits_to_keep=len(tokens) + 1).logits[0].float().numpy()
-    return greedy_verdict(logits, tokens, eos, rel_tolerance, inputs["new_tokens"])
+    return greedy_verdict(logits, tokens, eos, rel_tolerance, inputs["new_tokens"]), logits
 
 
 def greedy_verdict(step_logits: np.ndarray, tokens: list[int], eos_ids: set[int], rel_tolerance: float,

@@ -35,8 +35,12 @@ from .package import (artifact_entry, chat_template_of, now, plot_kld_vs_size, t
 from .plan import ExportPlan, require_imatrix, split_threads
 from .profiles import choose_gguf, fit_report, memory_need, profile_summary, require_fit
 from .reference import ReferenceProcess
+from .reference_cache import ReferenceCache
 from .source import ModelFacts, model_facts, resolve_model
 from .validate import HeldOut
+
+
+REFERENCE_TOKENS = 16  # the greedy continuations compared with the HF model's
 
 
 @dataclass
@@ -55,18 +59,29 @@ def run(config: ExportConfig) -> dict:
     reference = checker = None
     try:
         source = prepare_source(config, plan, work)
-        # The HF reference is made in a child process while the inputs are hashed and the files
-        # written, and the first GGUF's checker starts beside it: importing torch and transformers
-        # there is the longest part of validating a small model.
-        reference = ReferenceProcess(source.folder, new_tokens=16, threads=split_threads(plan.check_threads)[0],
-                                     trust_remote_code=config.trust_remote_code,
-                                     work=work / "reference") if config.validate else None
+        # The HF reference is read from an earlier export of the same weights, or made in a child
+        # process while the inputs are hashed and the files written, and the first GGUF's checker
+        # starts beside it: importing torch and transformers there is the longest part of
+        # validating a small model.
+        cache = ReferenceCache(source.folder, REFERENCE_TOKENS, config.trust_remote_code,
+                               enabled=config.validate and config.reference_cache and not source.merged)
+        make_reference = lambda: ReferenceProcess(  # noqa: E731
+            source.folder, new_tokens=REFERENCE_TOKENS, threads=split_threads(plan.check_threads)[0],
+            trust_remote_code=config.trust_remote_code, work=work / "reference")
+        reference = (cache.load() or make_reference()) if config.validate else None
         checker = Child.waiting("check_gguf", work / "check-first.log") if config.validate and plan.gguf else None
         with StageRecord("export", config, plan.out) as rec:
+            source_sha256 = (rec.inputs.get("model") or {}).get("sha256")
+            if reference is not None and reference.cached and reference.source_sha256 != source_sha256:
+                cache.drop()  # the same file names, sizes and times, other bytes: made again
+                reference = make_reference()
             with atomic_dir(plan.out, overwrite=True) as build:
                 entries, extra, failures = build_artifacts(config, plan, source, reference, checker, build, work)
+                if reference is not None:
+                    cache.save(reference, source_sha256)
+                    extra["reference_cached"] = reference.cached
                 manifest, files = save_package(config, plan, source, entries, extra, failures, build,
-                                               (rec.inputs.get("model") or {}).get("sha256"))
+                                               source_sha256)
             rec.outputs = [plan.out / name for name in files]
             rec.result = {"artifacts": [{k: e[k] for k in ("path", "format", "quant", "bytes")} for e in entries],
                           "validation_passed": not failures}
@@ -209,6 +224,9 @@ def save_package(config: ExportConfig, plan: ExportPlan, source: Source, entries
         "tools": tool_versions(),
         "artifacts": entries,
         "validation": {"enabled": config.validate, "passed": not failures, "failures": failures,
+                       "reference": None if "reference_cached" not in extra else
+                       "recorded by an earlier export of these weights" if extra["reference_cached"] else
+                       "made by this export",
                        **({"base_f16": extra["base_f16"]} if extra["base_f16"] else {})},
     }
     card_files = write_card_files(build, manifest, profile, chat_template_of(source.folder))

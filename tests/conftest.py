@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import os
+import tempfile
 import sys
 from pathlib import Path
 
@@ -34,6 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Exports record their HF reference for the next export of the same weights: the tests' own cache,
+# emptied for every test (below), so that each export makes its reference unless a test asks.
+os.environ["DISTILL_CACHE"] = tempfile.mkdtemp(prefix="distill-test-cache-")
 
 # Tests also open GGUF files with llama_cpp.Llama directly: behind the same guard as the product
 # (llama.cpp's AMX path crashes on multi-token batches; distill/backends/llamacpp.py).
@@ -154,6 +158,11 @@ def tiny_model(tmp_path_factory, request):
         return made[key]
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def fresh_distill_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path_factory.mktemp("distill-cache")))
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_every_artifact_is_listed_hashed_and_validated(qwen2_export, student):
     assert 0 <= arts["q4_k_m"]["validation"]["vs_f16"]["mean_kld"] < 0.5
     assert 0 < arts["q4_k_m"]["validation"]["vs_f16"]["top1_agreement"] <= 1
     assert arts["q4_k_m"]["tensor_types"]["F32"] > 0 and arts["q4_k_m"]["file_type"] == "MOSTLY_Q4_K_M"
-    assert manifest["validation"] == {"enabled": True, "passed": True, "failures": []}
+    assert manifest["validation"] == {"enabled": True, "passed": True, "failures": [], "reference": "made by this export"}
     assert manifest["source"]["sha256"] == sha256_path(student("qwen2"))
     assert manifest["source"]["model_type"] == "qwen2" and manifest["tokenizer"]["pre"] == "qwen2"
     assert {"gguf", "llama_cpp_python", "onnxruntime-genai", "transformers"} <= set(manifest["tools"])
