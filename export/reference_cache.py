@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional
@@ -32,7 +33,8 @@ MAX_RECORDS = 8      # the held-out logits of a 150k-vocabulary model take 78 MB
 
 
 def cache_root() -> Path:
-    base = os.environ.get("DISTILL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distill"
+    base = os.environ.get("DISTILL_CACHE") or \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distill"
     return Path(base) / "export-references"
 
 
@@ -127,7 +129,11 @@ class ReferenceCache:
             return
 
     def _prune(self) -> None:
-        records = sorted((p for p in self.record.parent.iterdir() if not p.name.startswith(".")),
-                         key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in records[MAX_RECORDS:]:
+        """Keep the MAX_RECORDS most recently used, and no half-written one an export killed
+        while saving left behind (older than an hour: a running export's is newer)."""
+        entries = list(self.record.parent.iterdir())
+        records = sorted((p for p in entries if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime,
+                         reverse=True)
+        stale = [p for p in entries if p.name.startswith(".tmp-") and time.time() - p.stat().st_mtime > 3600]
+        for old in records[MAX_RECORDS:] + stale:
             shutil.rmtree(old, ignore_errors=True)

@@ -93,3 +93,18 @@ def test_nothing_recorded_without_the_cache_or_validation(student, tmp_path, fla
     result = export("--model", str(student("qwen2")), "--out", str(tmp_path / "a"), "--gguf", "f16", flag)
     assert result.exit_code == 0, result.output
     assert not cache_root().exists() or not list(cache_root().iterdir())
+
+
+def test_only_the_most_recent_records_are_kept(tmp_path):
+    from distill.export.reference_cache import MAX_RECORDS, ReferenceCache
+    cache = ReferenceCache(tmp_path, 16, False)
+    root = cache.record.parent
+    for n in range(MAX_RECORDS + 3):
+        (root / f"record-{n:02d}").mkdir(parents=True)
+        os.utime(root / f"record-{n:02d}", (1000 + n, 1000 + n))
+    (root / ".tmp-killed").mkdir()
+    os.utime(root / ".tmp-killed", (1000, 1000))
+    (root / ".tmp-running").mkdir()
+    cache._prune()
+    kept = [f"record-{n:02d}" for n in range(3, MAX_RECORDS + 3)]
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-running"] + kept
