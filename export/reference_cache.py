@@ -79,6 +79,45 @@ class CachedReference:
         pass
 
 
+class CheckedReference:
+    """A recorded reference that is used once the source's content hash (`source_sha256()`, waited
+    for at the first use, while the export has been writing meanwhile) equals the recorded one;
+    otherwise the record is dropped and a reference process (`make()`) stands in."""
+
+    def __init__(self, recorded: CachedReference, cache: "ReferenceCache", source_sha256, make):
+        self._recorded, self._cache, self._sha256, self._make = recorded, cache, source_sha256, make
+        self._chosen = None
+
+    def _target(self):
+        if self._chosen is None:
+            if self._recorded.source_sha256 == self._sha256():
+                self._chosen = self._recorded
+            else:  # the same file names, sizes and times, other bytes: made again
+                self._cache.drop()
+                self._chosen = self._make()
+        return self._chosen
+
+    @property
+    def cached(self) -> bool:
+        return self._target().cached
+
+    def inputs(self) -> Reference:
+        return self._target().inputs()
+
+    def release(self) -> None:
+        self._target().release()
+
+    def complete(self) -> bool:
+        return self._target().complete()
+
+    def parts(self):
+        return self._target().parts()
+
+    def stop(self) -> None:
+        if self._chosen is not None:
+            self._chosen.stop()
+
+
 class ReferenceCache:
     """The record of one source folder: `load()` it, `save(reference, sha256)` a made one, `drop()`
     one that turned out stale. A disabled cache (or one that cannot be read) finds nothing."""
@@ -90,6 +129,12 @@ class ReferenceCache:
                 self.record = cache_root() / fingerprint(folder, new_tokens, trust_remote_code)
             except OSError:
                 self.record = None
+
+    def open(self, source_sha256, make):
+        """The recorded reference, checked against `source_sha256()` at its first use, or a new
+        reference process (`make()`) when there is none."""
+        recorded = self.load()
+        return CheckedReference(recorded, self, source_sha256, make) if recorded is not None else make()
 
     def load(self) -> Optional[CachedReference]:
         if self.record is None or not (self.record / "reference.json").is_file():

@@ -68,20 +68,18 @@ def run(config: ExportConfig) -> dict:
         make_reference = lambda: ReferenceProcess(  # noqa: E731
             source.folder, new_tokens=REFERENCE_TOKENS, threads=split_threads(plan.check_threads)[0],
             trust_remote_code=config.trust_remote_code, work=work / "reference")
-        reference = (cache.load() or make_reference()) if config.validate else None
         checker = Child.waiting("check_gguf", work / "check-first.log") if config.validate and plan.gguf else None
-        with StageRecord("export", config, plan.out) as rec:
-            source_sha256 = (rec.inputs.get("model") or {}).get("sha256")
-            if reference is not None and reference.cached and reference.source_sha256 != source_sha256:
-                cache.drop()  # the same file names, sizes and times, other bytes: made again
-                reference = make_reference()
+        # the inputs are hashed while the files are written; a recorded reference waits for them
+        with StageRecord("export", config, plan.out, background=True) as rec:
+            source_sha256 = lambda: (rec.inputs.get("model") or {}).get("sha256")  # noqa: E731
+            reference = cache.open(source_sha256, make_reference) if config.validate else None
             with atomic_dir(plan.out, overwrite=True) as build:
                 entries, extra, failures = build_artifacts(config, plan, source, reference, checker, build, work)
                 if reference is not None:
-                    cache.save(reference, source_sha256)
+                    cache.save(reference, source_sha256())
                     extra["reference_cached"] = reference.cached
                 manifest, files = save_package(config, plan, source, entries, extra, failures, build,
-                                               source_sha256)
+                                               source_sha256())
             rec.outputs = [plan.out / name for name in files]
             rec.result = {"artifacts": [{k: e[k] for k in ("path", "format", "quant", "bytes")} for e in entries],
                           "validation_passed": not failures}

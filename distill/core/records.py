@@ -8,8 +8,9 @@ import datetime as dt
 import importlib.metadata
 import os
 import platform
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .config import config_dict, input_fields
 from .io import read_json, sha256_path, write_json
@@ -70,14 +71,23 @@ class StageRecord:
     """Use as `with StageRecord("train", cfg, cfg.out) as rec: ...; rec.outputs = [...]`.
 
     The record is written (atomically) only when the stage body finishes without error, so a
-    record on disk always describes a complete stage."""
+    record on disk always describes a complete stage. With `background`, the inputs are hashed in
+    a thread while the stage works (hashlib lets go of the GIL): `rec.inputs` waits for them."""
 
-    def __init__(self, stage: str, cfg: Any, out_dir: str | Path):
+    def __init__(self, stage: str, cfg: Any, out_dir: str | Path, background: bool = False):
         self.stage, self.cfg, self.out_dir = stage, cfg, Path(out_dir)
         self.outputs: list[Path] = []
         self.result: dict = {}
         self.started = None
-        self.inputs: dict = {}
+        self.background = background
+        self._inputs: dict = {}
+        self._hashing: Optional[Future] = None
+
+    @property
+    def inputs(self) -> dict:
+        if self._hashing is not None:
+            self._inputs, self._hashing = self._hashing.result(), None
+        return self._inputs
 
     @property
     def path(self) -> Path:
@@ -85,7 +95,12 @@ class StageRecord:
 
     def __enter__(self) -> "StageRecord":
         self.started = _now()
-        self.inputs = hash_inputs(self.cfg)
+        if self.background:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="hash-inputs")
+            self._hashing = pool.submit(hash_inputs, self.cfg)
+            pool.shutdown(wait=False)  # the thread ends with its one task
+        else:
+            self._inputs = hash_inputs(self.cfg)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return self
 

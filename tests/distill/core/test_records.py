@@ -9,6 +9,7 @@ import pytest
 from distill.pipeline import stages
 from distill.core.config import option
 from distill.core.errors import UserError
+from distill.core import io
 from distill.core.io import write_text
 from distill.core.records import StageRecord, is_up_to_date
 from distill.pipeline import PipelineConfig, run
@@ -70,6 +71,20 @@ def test_record_contents(tmp_path, monkeypatch):
     assert is_up_to_date("generate", cfg, cfg.out)
     src.write_text("22")
     assert not is_up_to_date("generate", cfg, cfg.out)
+
+
+def test_inputs_hashed_in_the_background_are_the_same(tmp_path):
+    src = tmp_path / "n.txt"
+    src.write_bytes(b"21" * (1 << 20))  # a few chunks of the hash
+    cfg = MakeConfig(source=str(src), out=str(tmp_path / "o"))
+    with StageRecord("generate", cfg, tmp_path / "a") as here:
+        pass
+    io._HASHED.clear()  # hashed again, not remembered
+    with StageRecord("generate", cfg, tmp_path / "b", background=True) as beside:
+        pass
+    assert beside.inputs == here.inputs and len(here.inputs["source"]["sha256"]) == 64
+    a, b = (json.loads((tmp_path / d / "generate.json").read_text()) for d in "ab")
+    assert a["inputs"] == b["inputs"]
 
 
 def test_failed_stage_writes_no_record(tmp_path):
