@@ -228,11 +228,11 @@ class ReferenceProcess:
         """Whether every prompt has the HF model's greedy path (some artifact matched it exactly)."""
         return self._inputs is not None and len(self._paths) == len(self._inputs["prompts"])
 
-    def parts(self) -> tuple[dict, Path, list[tuple[list[int], np.ndarray]]]:
-        """(token ids and settings, the held-out logits' .npy file, the greedy paths), once complete."""
+    def parts(self) -> tuple[dict, Path, list[tuple[list[int], Path]]]:
+        """(token ids and settings, the held-out logits' .npy file, per prompt the greedy path's
+        tokens and .npy file of rows), once complete."""
         self._held_out_logits()
-        paths = [(tokens, np.load(rows)) for tokens, rows in (self._paths[i] for i in range(len(self._paths)))]
-        return self._inputs, self.work / "held_out_logits.npy", paths
+        return self._inputs, self.work / "held_out_logits.npy", [self._paths[i] for i in range(len(self._paths))]
 
     def release(self) -> None:
         self._held_out_logits()

@@ -46,8 +46,8 @@ def _version(package: str) -> str:
 
 
 def fingerprint(folder: Path, new_tokens: int, trust_remote_code: bool) -> str:
-    files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns)
+                   for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") for st in [p.stat()])
     what = {"format": FORMAT, "files": files, "new_tokens": new_tokens, "trust_remote_code": trust_remote_code,
             "texts": [TOKEN_CORPUS, GREEDY_PROMPTS, HELD_OUT, HELD_OUT_TOKENS],
             "versions": [_version("transformers"), _version("torch")]}
@@ -162,7 +162,7 @@ class ReferenceCache:
             inputs, logits, paths = reference.parts()
             shutil.copyfile(logits, tmp / "held_out_logits.npy")
             for i, (_, rows) in enumerate(paths):
-                np.save(tmp / f"greedy-{i}.npy", np.asarray(rows))
+                shutil.copyfile(rows, tmp / f"greedy-{i}.npy")
             meta = {**inputs, "greedy_tokens": [tokens for tokens, _ in paths], "source_sha256": source_sha256}
             (tmp / "reference.json").write_text(json.dumps(meta))
             try:
