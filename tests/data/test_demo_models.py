@@ -94,7 +94,9 @@ def test_student_base_is_a_dense_qwen2_a_quarter_of_the_teacher():
     assert cfg["hidden_size"] % 256 == 0
     assert "num_experts" not in cfg
     assert cfg["vocab_size"] == config(TEACHER)["vocab_size"]
-    assert safetensors_parameters(STUDENT_BASE) * 4 <= safetensors_parameters(TEACHER)
+    # About a quarter: its untied head (a copy of the embeddings) puts it at 25.3%.
+    assert safetensors_parameters(STUDENT_BASE) <= 0.26 * safetensors_parameters(TEACHER)
+    assert cfg["tie_word_embeddings"] is False  # distill/demo/pretrain_student.py: untie_head says why
 
 
 def test_teacher_model_card_records_its_accuracy():
