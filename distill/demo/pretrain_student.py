@@ -223,7 +223,7 @@ The starting point of the demo's student: a dense Qwen2 model ({args.layers} lay
 {args.hidden}, a multiple of 256 so that llama.cpp's k-quants apply; {n_params / 1e6:.2f}M
 parameters, about a quarter of the demo teacher's, {size_mb:.1f} MB of fp32 safetensors) with the demo
 tokenizer and its chat template. It was pretrained with tied embeddings and saved with an untied
-output layer (a copy of them), as Llama and the larger Qwen2.5 models are: fine-tuned tied, the
+output layer (a copy of them), as Llama-3.1-8B and Qwen2.5-7B are: fine-tuned tied, the
 embeddings of prompt-only words ("doubles", "triples") collapsed together and the student's
 accuracy depended on its seed (`untie_head` in the build script says why).
 

@@ -4,7 +4,8 @@ are the multiplier; this prints where such a model stands.
     python -m distill.demo.probe_multiplier data/models/demo-student-base
     python -m distill.demo.probe_multiplier demo-run/student
 
-Three measurements: the cosine similarity of the three words' input embeddings; the factor
+Three measurements: the cosine similarity of the three words' input embeddings (and of their
+output-layer rows, where the head is untied); the factor
 the model continues unseen generic sentences with ("A stack of 47 cups triples in size: 47 *",
 right share, greedy); and, on the demo test split rendered with the chat template as eval
 renders it, the mean probabilities of 2, 3 and 4 at every worked line's "x *" (a row per true
@@ -61,9 +62,13 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS.values()]
-    vectors = torch.nn.functional.normalize(model.get_input_embeddings().weight[ids].detach(), dim=-1)
-    print("embedding cosine (doubles, triples, quadruples):")
-    print((vectors @ vectors.T).numpy().round(2))
+    sides = [("embedding", model.get_input_embeddings())]
+    if not model.config.tie_word_embeddings:  # tied, the output rows are these same vectors
+        sides.append(("output-row", model.get_output_embeddings()))
+    for side, layer in sides:
+        vectors = torch.nn.functional.normalize(layer.weight[ids].detach(), dim=-1)
+        print(f"{side} cosine (doubles, triples, quadruples):")
+        print((vectors @ vectors.T).numpy().round(2))
 
     rng, right = random.Random(10**7), 0
     for _ in range(300):
