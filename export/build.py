@@ -110,7 +110,7 @@ def validate_all(artifacts: list[Artifact], reference: ReferenceProcess, base_f1
         child = start_check_gguf(first[0], first[1], threads if reference.cached else split_threads(threads)[1],
                                  None, max_quant_kld,
                                  f16_logits if first[1] == "f16" else None, work / f"check-{first[0].name}.log",
-                                 heldout, waiting)
+                                 heldout, waiting, guess=None if reference.cached else reference.new_tokens)
         child.send(inputs_part(reference.inputs()))
     elif waiting is not None:
         waiting.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -23,6 +24,12 @@ from pathlib import Path
 def absolute(path) -> str | None:
     """A path as a child process must get it: absolute (it runs in another folder)."""
     return None if path is None else os.path.abspath(path)
+
+
+def parent_has_sent() -> bool:
+    """In a child (worker.py): whether the parent has sent a part that is not read yet. Parts are
+    read a line at a time, so nothing waits in this process's own buffer between them."""
+    return bool(select.select([sys.stdin], [], [], 0)[0])
 
 
 class NativeAbort(Exception):

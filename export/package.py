@@ -30,9 +30,9 @@ def folder_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def artifact_entry(out: Path, path: Path, fmt: str, quant: str) -> dict:
+def artifact_entry(out: Path, path: Path, fmt: str, quant: str, sha256: str) -> dict:
     return {"path": path.relative_to(out).as_posix(), "format": fmt, "quant": quant,
-            "bytes": folder_bytes(path), "sha256": sha256_path(path)}
+            "bytes": folder_bytes(path), "sha256": sha256}
 
 
 def _size(n: int) -> str:

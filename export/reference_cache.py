@@ -65,7 +65,7 @@ class CachedReference:
         logits = np.load(record / "held_out_logits.npy", mmap_mode="r")
         paths = [(tokens, np.load(record / f"greedy-{i}.npy", mmap_mode="r"))
                  for i, tokens in enumerate(meta.pop("greedy_tokens"))]
-        eos = set(meta["eos_ids"])
+        eos, self.new_tokens = set(meta["eos_ids"]), meta["new_tokens"]
         self._ref = Reference.from_inputs(meta, held_out_logits=lambda: logits,
                                           judge=judge_against(lambda: paths, eos, meta["new_tokens"]))
 
@@ -101,6 +101,10 @@ class CheckedReference:
     def cached(self) -> bool:
         return self._target().cached
 
+    @property
+    def new_tokens(self) -> int:
+        return self._target().new_tokens
+
     def inputs(self) -> Reference:
         return self._target().inputs()
 
@@ -130,6 +134,10 @@ class ReferenceCache:
             except OSError:
                 self.record = None
 
+    def recorded(self) -> bool:
+        """Whether a record seems to be there (`load` reads and checks it)."""
+        return self.record is not None and (self.record / "reference.json").is_file()
+
     def open(self, source_sha256, make):
         """The recorded reference, checked against `source_sha256()` at its first use, or a new
         reference process (`make()`) when there is none."""
@@ -137,7 +145,7 @@ class ReferenceCache:
         return CheckedReference(recorded, self, source_sha256, make) if recorded is not None else make()
 
     def load(self) -> Optional[CachedReference]:
-        if self.record is None or not (self.record / "reference.json").is_file():
+        if not self.recorded():
             return None
         try:
             found = CachedReference(self.record)

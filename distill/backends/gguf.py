@@ -99,12 +99,15 @@ class GGUFBackend:
 
         self.target, self.llm = target, llm
         self.batch_size = None if batch_size is None else max(1, min(int(batch_size), MAX_SEQUENCES))
-        template = llm.metadata.get("tokenizer.chat_template")
+        self.template = llm.metadata.get("tokenizer.chat_template")
+        token_text = lambda i: llm._model.token_get_text(i) if i != -1 else ""  # noqa: E731
+        self.eos_text, self.bos_text = token_text(llm.token_eos()), token_text(llm.token_bos())
         self._formatter = None
-        if template:
-            token_text = lambda i: llm._model.token_get_text(i) if i != -1 else ""  # noqa: E731
-            self._formatter = Jinja2ChatFormatter(template, eos_token=token_text(llm.token_eos()),
-                                                  bos_token=token_text(llm.token_bos()))
+        if self.template:
+            self._formatter = Jinja2ChatFormatter(self.template, eos_token=self.eos_text, bos_token=self.bos_text)
+
+    def has_template(self) -> bool:
+        return self._formatter is not None
 
     def render(self, user_text: str, think: bool = True) -> str:
         return self.render_messages([{"role": "user", "content": user_text}], think)

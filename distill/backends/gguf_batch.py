@@ -81,6 +81,7 @@ class Job:
     prompt: list[int]
     budget: int
     seed: int | None
+    until_eog: bool = True   # False: exactly `budget` tokens, end-of-generation ids included (export's checks)
     # decoding state
     slot: int = -1
     pos: int = 0
@@ -211,7 +212,7 @@ class BatchDecoder:
         import llama_cpp
         job.last = time.perf_counter()
         job.first = job.first or job.last
-        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+        if job.until_eog and llama_cpp.llama_vocab_is_eog(self.vocab, token):
             job.finish = "stop"
             return True
         job.out.append(token)

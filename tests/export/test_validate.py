@@ -72,3 +72,43 @@ def test_a_gguf_of_other_weights_fails_validation(student, gguf_files, tmp_path)
     assert not failed["passed"] and not failed["greedy"]["match"]
     assert "greedy continuation differs from the HF model" in failed["failures"]
     assert any(f.startswith("KL divergence from the HF model") for f in failed["failures"])
+
+
+def test_the_checkers_guess_of_the_inputs_is_the_hf_tokenizers(student, gguf_files, monkeypatch):
+    """The first checker decodes before the HF ids come, from the ids the GGUF's own chat template
+    and tokenizer give; on a model exported here, those are the HF tokenizer's ids exactly, so
+    the guess is what gets used (a guess that differs is decoded again, below)."""
+    from distill.export import validate
+
+    monkeypatch.setattr(validate, "parent_has_sent", lambda: False)  # no parent: the held-out text too
+    path = gguf_files("qwen2")["f16"]
+    ref = local_reference(student("qwen2"), new_tokens=8)
+    llm, error = validate._load({"path": str(path), "threads": 1}, validate.CHECK_CONTEXT)
+    assert error is None
+    try:
+        guessed = validate._guessed_runs(str(path), llm, 8, greedy=True)
+        assert guessed["prompts"] == ref.prompts and guessed["held_out"] == ref.held_out
+        one_at_a_time = []
+        for prompt in ref.prompts:  # llama-cpp-python's own greedy decoding, a sequence at a time
+            llm.reset()
+            one_at_a_time.append([int(t) for t, _ in zip(llm.generate(prompt, temp=0.0, top_k=1), range(8))])
+        assert guessed["greedy"] == one_at_a_time
+    finally:
+        llm.close()
+
+
+def test_a_wrong_guess_is_decoded_again(student, gguf_files, tmp_path):
+    """Inputs other than the guess (here, prompts without their first token): the greedy runs sent
+    back are those of the inputs, as from a checker that made no guess."""
+    from distill.export.validate import inputs_part, start_check_gguf
+
+    path = gguf_files("qwen2")["f16"]
+    ref = local_reference(student("qwen2"), new_tokens=8)
+    ref.prompts = [p[1:] for p in ref.prompts]
+    runs = {}
+    for guess in (None, 8):
+        child = start_check_gguf(path, "f16", 1, None, 1.0, None, tmp_path / f"check-{guess}.log", guess=guess)
+        child.send(inputs_part(ref))
+        runs[guess] = child.receive()["greedy_tokens"]
+        child.stop()
+    assert runs[8] == runs[None] and len(runs[None]) == len(ref.prompts)
