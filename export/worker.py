@@ -10,8 +10,8 @@ import os
 import sys
 
 from .quantize import quantize_here
-from .reference import reference_here
-from .validate import check_gguf_here
+from .gguf_check import check_gguf_here
+from .reference_child import reference_here
 
 OPS = {"quantize": lambda job, more, emit: quantize_here(job),
        "check_gguf": check_gguf_here,

@@ -78,15 +78,15 @@ def test_the_checkers_guess_of_the_inputs_is_the_hf_tokenizers(student, gguf_fil
     """The first checker decodes before the HF ids come, from the ids the GGUF's own chat template
     and tokenizer give; on a model exported here, those are the HF tokenizer's ids exactly, so
     the guess is what gets used (a guess that differs is decoded again, below)."""
-    from distill.export import validate
+    from distill.export import gguf_check
 
-    monkeypatch.setattr(validate, "parent_has_sent", lambda: False)  # no parent: the held-out text too
+    monkeypatch.setattr(gguf_check, "parent_has_sent", lambda: False)  # no parent: the held-out text too
     path = gguf_files("qwen2")["f16"]
     ref = local_reference(student("qwen2"), new_tokens=8)
-    llm, error = validate._load({"path": str(path), "threads": 1}, validate.CHECK_CONTEXT)
+    llm, error = gguf_check._load({"path": str(path), "threads": 1}, gguf_check.CHECK_CONTEXT)
     assert error is None
     try:
-        guessed = validate._guessed_runs(str(path), llm, 8, greedy=True)
+        guessed = gguf_check._guessed_runs(str(path), llm, 8, greedy=True)
         assert guessed["prompts"] == ref.prompts and guessed["held_out"] == ref.held_out
         one_at_a_time = []
         for prompt in ref.prompts:  # llama-cpp-python's own greedy decoding, a sequence at a time
