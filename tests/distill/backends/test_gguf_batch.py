@@ -151,6 +151,22 @@ def test_draw_samples_the_nucleus_of_the_tempered_distribution(shape):
     assert draw(logits, 0.7, 1.0, np.random.default_rng(1)) in range(len(logits))
 
 
+def test_draw_at_top_p_1_picks_what_a_cumsum_over_the_whole_vocabulary_picks():
+    """The two-level inverse CDF (block sums, then one block) against the plain rule, on a vocab
+    that does not divide into blocks, with zero-mass tokens and targets on block edges."""
+    from distill.backends.gguf_batch import BLOCK, _inverse_cdf
+    rng = np.random.default_rng(3)
+    probs = np.exp(rng.standard_normal(3 * BLOCK + 517).astype(np.float32) * 3)
+    probs[BLOCK:BLOCK + 40] = 0.0
+    cumulative = np.cumsum(probs, dtype=np.float64)
+    # just either side of a block's end and of the first token of a block (an exact tie is left
+    # to float rounding, which sums in another order here)
+    edges = [cumulative[k] / cumulative[-1] + d for k in (BLOCK - 1, 2 * BLOCK - 1, 2 * BLOCK) for d in (-1e-9, 1e-9)]
+    for u in [0.0, 1 - 1e-12, *edges, *rng.random(3000)]:
+        want = min(int(np.searchsorted(cumulative, u * cumulative[-1], side="right")), len(probs) - 1)
+        assert _inverse_cdf(probs, u) == want, u
+
+
 def test_default_batch_is_32_unless_its_kv_cache_outgrows_a_quarter_of_free_memory(smol, smollm2_dir, monkeypatch):
     import json
 
