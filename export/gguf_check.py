@@ -14,7 +14,7 @@ from distill.backends.llamacpp import open_llama
 from distill.backends.logits import kl_and_top1, llama_logits
 
 from .child import parent_has_sent
-from .reference import GREEDY_PROMPTS, HELD_OUT, HELD_OUT_TOKENS
+from .reference import GREEDY_PROMPTS, HELD_OUT_PLAIN, HELD_OUT_TOKENS, held_out_messages
 from .validate import FLOAT_MAX_KLD, TIE_TOLERANCE, HeldOut, token_check
 
 
@@ -117,21 +117,17 @@ def _guessed_runs(path: str, llm, new_tokens: int, greedy: bool) -> Optional[dic
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     from distill.backends.gguf import GGUFBackend
-    from distill.core.chat import assistant_message
 
     backend = GGUFBackend(path, llm)
-    question, reasoning, answer = HELD_OUT
     try:
         if backend.has_template():
             prompts = [backend.tokenize(backend.render(text)) for text in GREEDY_PROMPTS]
-            conversation = [{"role": "user", "content": question},
-                            {"role": "assistant", "content": assistant_message(reasoning, answer)}]
             held_out = backend.tokenize(Jinja2ChatFormatter(
                 backend.template, eos_token=backend.eos_text, bos_token=backend.bos_text,
-                add_generation_prompt=False)(messages=conversation).prompt)
+                add_generation_prompt=False)(messages=held_out_messages()).prompt)
         else:
             prompts = [backend.tokenize(text) for text in GREEDY_PROMPTS]
-            held_out = backend.tokenize(f"{question}\n{reasoning}\n{answer}")
+            held_out = backend.tokenize(HELD_OUT_PLAIN)
     except Exception:  # noqa: BLE001 - a template jinja2 cannot render here: no guess, nothing lost
         return None
     held_out = held_out[:HELD_OUT_TOKENS]

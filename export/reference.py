@@ -55,13 +55,22 @@ def _render(tokenizer, text: str) -> str:
     return text
 
 
-def _held_out_text(tokenizer) -> str:
+def held_out_messages() -> list[dict]:
+    """The held-out conversation, which each side renders with its own chat template: the HF
+    tokenizer's here, the GGUF's own in the first checker's guess (gguf_check.py), so that the
+    guess equals the HF ids wherever the file is right."""
     question, reasoning, answer = HELD_OUT
+    return [{"role": "user", "content": question},
+            {"role": "assistant", "content": assistant_message(reasoning, answer)}]
+
+
+HELD_OUT_PLAIN = "\n".join(HELD_OUT)  # the held-out text of a model without a chat template
+
+
+def _held_out_text(tokenizer) -> str:
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question},
-             {"role": "assistant", "content": assistant_message(reasoning, answer)}], tokenize=False)
-    return f"{question}\n{reasoning}\n{answer}"
+        return tokenizer.apply_chat_template(held_out_messages(), tokenize=False)
+    return HELD_OUT_PLAIN
 
 
 def _eos_ids(folder: Path, tokenizer) -> set[int]:
